@@ -1,0 +1,58 @@
+"""``auth-module --config station.yaml``: run until SIGINT or SIGTERM, then exit 0.
+
+Every failure a user can cause ends in one line on stderr and a non-zero status, never a
+traceback: 2 for a station file (or station) that is wrong, 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auth-module",
+        description="EVerest-compatible authorization module for EV chargers, over MQTT.",
+    )
+    parser.add_argument("--config", required=True, metavar="PATH",
+                        help="the station file (YAML): broker, module id, config, connections")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .station import StationError, load_station
+
+    try:
+        station = load_station(args.config)
+    except StationError as exc:
+        print(f"auth-module: {exc}", file=sys.stderr)
+        return 2
+
+    from .logs import configure_logging
+    from .module import AuthModule, StartupError
+
+    configure_logging(station.logging.level, station.logging.format, station.logging.show_tokens)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        module = AuthModule(station)
+        module.run(stop)
+    except StartupError as exc:
+        print(f"auth-module: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # last resort: one line, not a traceback
+        print(f"auth-module: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Wires the bus, the core and the plugins together; holds no authorization logic itself.
+
+Start-up follows EVerest's order: subscribe first (so no session event is missed), ask
+every EVSE manager ``get_evse`` in station-file order, check each answers the evse id of
+its position, replay the session events that arrived meanwhile, then publish ``ready``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from .bus import BusClient, CommandError, CommandTimeout, NotConnected
+from .bus_ports import BusPorts, BusValidator
+from .core.clock import Clock, RealClock
+from .core.gate import StartupGate
+from .core.handler import AuthHandler, AuthSettings
+from .plugins.base import TokenProvider, TokenValidator
+from .schema import InterfaceSchemas
+from .station import BusConnection, Station
+from .store import ReservationStore
+from .types import (
+    Evse,
+    ProvidedIdToken,
+    Reservation,
+    ReservationCheck,
+    SelectionAlgorithm,
+    SessionEvent,
+    TokenValidationStatus,
+    ValidationResultUpdate,
+    WithdrawAuthorizationRequest,
+)
+from .workers import BoundedWorkers
+
+log = structlog.get_logger("module")
+
+
+class StartupError(Exception):
+    """The station cannot run as configured (e.g. EVSE managers out of order)."""
+
+
+class NotReadyError(Exception):
+    """Answered as the ``NotReady`` command error."""
+
+    event = "NotReady"
+
+
+class AuthModule:
+    def __init__(self, station: Station, clock: Clock | None = None,
+                 token_workers: int = 8, token_backlog: int = 64) -> None:
+        self.station = station
+        cfg = station.config
+        self.bus = BusClient(module_id=station.module_id, host=station.mqtt.host,
+                             port=station.mqtt.port, prefix=station.mqtt.prefix)
+        self.clock = clock or RealClock()
+        self.schemas = InterfaceSchemas.load()
+        self.validators: list[TokenValidator] = []
+        self.providers: list[TokenProvider] = []
+        self._load_plugins()
+        self.ports = BusPorts(self.bus, station.evse_managers, self.validators,
+                              command_timeout_s=station.timeouts.command_s,
+                              validator_timeout_s=station.timeouts.validator_s)
+        settings = AuthSettings(
+            selection_algorithm=SelectionAlgorithm(cfg.selection_algorithm),
+            connection_timeout=cfg.connection_timeout,
+            master_pass_group_id=cfg.master_pass_group_id or None,
+            prioritize_authorization_over_stopping_transaction=(
+                cfg.prioritize_authorization_over_stopping_transaction),
+            ignore_connector_faults=cfg.ignore_connector_faults,
+            plug_in_timeout_enabled=cfg.plug_in_timeout_enabled,
+        )
+        self.handler = AuthHandler(settings, self.clock, self.ports,
+                                   ReservationStore(station.reservation_store))
+        self.gate = StartupGate()
+        self.workers = BoundedWorkers(token_workers, token_backlog)
+        self.ready = threading.Event()
+
+    # --- plugins -------------------------------------------------------------------------
+
+    def _load_plugins(self) -> None:
+        from .plugins.loader import load_providers, load_validators
+
+        for entry in self.station.connections.token_validator:
+            if isinstance(entry, BusConnection):
+                self.validators.append(BusValidator(self.bus, entry,
+                                                    self.station.timeouts.validator_s))
+        self.validators = load_validators(self.station, self.validators)
+        self.providers = load_providers(self.station)
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set. Raises StartupError if the station is inconsistent."""
+        self._subscribe()
+        self._provide_commands()
+        self.bus.on_connection_change = self._on_connection_change
+        self.bus.start()
+        try:
+            self.bus.wait_connected(timeout=2.0)
+            evses = self._discover_evses(stop)
+            if evses is None:
+                return
+            for index, evse in enumerate(evses):
+                self.handler.add_evse(evse.id, index, [(c.id, c.type) for c in evse.connectors])
+            self.handler.start()
+            replayed = self.gate.open()
+            for provider in self.providers:
+                provider.start(self.accept_token)
+            self.ready.set()
+            self.bus.publish_ready()
+            log.info("ready", evses=[e.id for e in evses], replayed_events=replayed,
+                     selection=self.station.config.selection_algorithm)
+            stop.wait()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for plugin in [*self.providers, *self.validators]:
+            try:
+                plugin.close()
+            except Exception as exc:
+                log.warning("plugin did not close cleanly", plugin=plugin.name, error=repr(exc))
+        self.workers.shutdown()
+        self.bus.stop()
+        self.ports.close()
+        if isinstance(self.clock, RealClock):
+            self.clock.stop()
+
+    def _discover_evses(self, stop: threading.Event) -> list[Evse] | None:
+        """Ask every EVSE manager ``get_evse``, retrying until each one answers."""
+        found: list[Evse] = []
+        for position, conn in enumerate(self.station.evse_managers, start=1):
+            delay, warned = 0.2, False
+            while True:
+                if stop.is_set():
+                    return None
+                try:
+                    evse = Evse.model_validate(self.bus.call(
+                        conn.module_id, conn.implementation_id, "get_evse", {},
+                        timeout=self.station.timeouts.command_s))
+                    break
+                except (CommandError, CommandTimeout, NotConnected, ValidationError) as exc:
+                    if not warned:
+                        log.warning("waiting for EVSE manager", evse_manager=conn.module_id,
+                                    reason=type(exc).__name__)
+                        warned = True
+                    stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+            if evse.id != position:
+                raise StartupError(
+                    f"EVSE manager '{conn.module_id}' is entry {position} of "
+                    f"connections.evse_manager but answered get_evse with evse id {evse.id}; "
+                    f"list the EVSE managers in evse id order")
+            found.append(evse)
+        return found
+
+    def _on_connection_change(self, connected: bool) -> None:
+        if connected and self.ready.is_set():
+            self.bus.publish_ready()  # a broker that restarted has forgotten us
+
+    # --- what comes in ---------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        for entry in self.station.connections.token_provider:
+            if isinstance(entry, BusConnection):
+                self.bus.subscribe_var(entry.module_id, entry.implementation_id,
+                                       "provided_token", self._on_provided_token)
+        for entry in self.station.connections.token_validator:
+            if isinstance(entry, BusConnection):
+                self.bus.subscribe_var(entry.module_id, entry.implementation_id,
+                                       "validate_result_update", self._on_validation_update)
+        for evse_id, conn in enumerate(self.station.evse_managers, start=1):
+            self.bus.subscribe_var(conn.module_id, conn.implementation_id, "session_event",
+                                   self._session_event_handler(evse_id))
+            self.bus.subscribe_error(
+                conn.module_id, conn.implementation_id, "evse_manager/Inoperative",
+                on_raised=lambda _e, i=evse_id: self.gate.submit(
+                    lambda: self.handler.on_fault_raised(i)),
+                on_cleared=lambda _e, i=evse_id: self.gate.submit(
+                    lambda: self.handler.on_fault_cleared(i)))
+
+    def _on_provided_token(self, value: Any) -> None:
+        try:
+            token = ProvidedIdToken.model_validate(value)
+        except ValidationError as exc:
+            log.warning("malformed provided_token dropped", problems=exc.error_count())
+            return
+        self.accept_token(token)
+
+    def accept_token(self, token: ProvidedIdToken) -> None:
+        """Hand a token to a worker thread (from the bus or an in-process provider)."""
+        if not self.ready.is_set():
+            log.warning("token dropped: module not ready yet", token=token.id_token.value)
+            return
+        if not self.workers.submit(lambda: self.handler.on_token(token)):
+            log.error("token refused: too many tokens in process", token=token.id_token.value)
+            self.ports.publish_token_validation_status(token, TokenValidationStatus.Rejected, [])
+
+    def _on_validation_update(self, value: Any) -> None:
+        if not self.ready.is_set():
+            log.warning("validation result update dropped: module not ready yet")
+            return
+        try:
+            update = ValidationResultUpdate.model_validate(value)
+        except ValidationError as exc:
+            log.warning("malformed validate_result_update dropped", problems=exc.error_count())
+            return
+        self.handler.on_validation_result_update(update)
+
+    def _session_event_handler(self, evse_id: int) -> Callable[[Any], None]:
+        def on_event(value: Any) -> None:
+            try:
+                event = SessionEvent.model_validate(value)
+            except ValidationError as exc:
+                log.warning("malformed session_event dropped", evse=evse_id,
+                            problems=exc.error_count())
+                return
+            self.gate.submit(lambda: self.handler.on_session_event(evse_id, event))
+        return on_event
+
+    # --- commands we provide ---------------------------------------------------------------
+
+    def _provide_commands(self) -> None:
+        h = self.handler
+        commands: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] = {
+            ("main", "auth", "set_connection_timeout"): self._set_connection_timeout,
+            ("main", "auth", "set_master_pass_group_id"):
+                lambda a: h.set_master_pass_group_id(a["master_pass_group_id"]),
+            ("main", "auth", "withdraw_authorization"): self._when_ready(
+                lambda a: h.withdraw_authorization(
+                    WithdrawAuthorizationRequest.model_validate(a["request"])).value),
+            ("reservation", "reservation", "reserve_now"): self._when_ready(
+                lambda a: h.reserve_now(Reservation.model_validate(a["request"])).value),
+            ("reservation", "reservation", "cancel_reservation"): self._when_ready(
+                lambda a: h.cancel_reservation(a["reservation_id"])),
+            ("reservation", "reservation", "exists_reservation"): self._when_ready(
+                lambda a: h.exists_reservation(ReservationCheck.model_validate(a["request"])).value),
+        }
+        for (impl, interface, name), handler in commands.items():
+            self.bus.provide_command(
+                impl, name, handler,
+                validate=lambda args, i=interface, n=name: self.schemas.command_args_error(i, n, args))
+
+    def _set_connection_timeout(self, args: dict[str, Any]) -> None:
+        seconds = args["connection_timeout"]
+        if seconds < 1:
+            raise ValueError(f"connection_timeout must be >= 1 (got {seconds})")
+        self.handler.set_connection_timeout(seconds)
+
+    def _when_ready(self, handler: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+        def guarded(args: dict[str, Any]) -> Any:
+            if not self.ready.is_set():
+                raise NotReadyError("the auth module is still starting")
+            return handler(args)
+        return guarded
