@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         module = AuthModule(station)
+    except StationError as exc:  # a plugin's name or options
+        print(f"auth-module: {exc}", file=sys.stderr)
+        return 2
+    try:
         module.run(stop)
     except StartupError as exc:
         print(f"auth-module: {args.config}: {exc}", file=sys.stderr)

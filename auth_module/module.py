@@ -82,14 +82,21 @@ class AuthModule:
     # --- plugins -------------------------------------------------------------------------
 
     def _load_plugins(self) -> None:
-        from .plugins.loader import load_providers, load_validators
+        """Validators and providers in station-file order, bus ones and in-process ones alike.
 
-        for entry in self.station.connections.token_validator:
+        A plugin with a bad name or option raises StationError here, before anything runs.
+        """
+        from .plugins.loader import build_provider, build_validator
+
+        for entry in self.station.token_validators:
             if isinstance(entry, BusConnection):
                 self.validators.append(BusValidator(self.bus, entry,
                                                     self.station.timeouts.validator_s))
-        self.validators = load_validators(self.station, self.validators)
-        self.providers = load_providers(self.station)
+            else:
+                self.validators.append(build_validator(entry, self.station))
+        for entry in self.station.token_providers:
+            if not isinstance(entry, BusConnection):
+                self.providers.append(build_provider(entry, self.station))
 
     # --- running -------------------------------------------------------------------------
 

@@ -256,7 +256,9 @@ class AuthHandler:
         if not results:
             log.warning("no validator gave a result")
             return TokenOutcome.REJECTED
-        request.candidates = [e for e in referenced if self.evses[e].authorization is None]
+        # EVerest drops only EVSEs that already hold an authorization; we also drop faulted
+        # and timed-out ones, so a lone faulted candidate is never authorized unseen.
+        request.candidates = [e for e in referenced if self.evses[e].is_available()]
         request.results = [r.model_copy(deep=True) for r in results]
         request.index = 0
         return self._work_through_results(request)
@@ -355,7 +357,10 @@ class AuthHandler:
         for request in list(self._waiting):
             if request.waiting_for is None:
                 continue
-            evse_id = first_plugged(self._plug_in_queue, request.waiting_for)
+            # An EVSE that was authorized for another token, faulted or disabled while this
+            # one waited is not a candidate any more.
+            free = [e for e in request.waiting_for if self.evses[e].is_available()]
+            evse_id = first_plugged(self._plug_in_queue, free)
             if evse_id is None:
                 continue
             self._unpark(request)
@@ -544,7 +549,10 @@ class AuthHandler:
         self._plug_in_queue.append(evse.evse_id)
         evse.plugged_in = True
         log.info("car plugged in", evse=evse.evse_id)
-        if len(self.evses) > 1 and self.settings.plug_in_timeout_enabled:
+        # The plug-in timeout asks for a token within connection_timeout; an EVSE that was
+        # authorized before the car came keeps its authorization timer instead.
+        if (len(self.evses) > 1 and self.settings.plug_in_timeout_enabled
+                and evse.authorization is None):
             self._arm_evse_timer(evse, self._plug_in_expired)
         self._wake_parked_requests()
 

@@ -12,7 +12,9 @@ out. We imagine each reserved car arriving, in every possible order, and each on
 *any* EVSE that fits it: if in some order some car could be left without an EVSE, the
 reservation is refused. The same test tells whether a walk-in car may charge at an EVSE
 (:meth:`ReservationBook.is_charging_possible`) and which reservations must go when
-connectors fail.
+connectors fail. EVerest enumerates the orders (exponential); we get the same answer from
+a bipartite matching (:func:`no_car_can_be_shut_out`), checked against the enumeration
+(:func:`every_arrival_order_fits`) in the tests.
 
 ``ConnectorTypeEnum.Unknown`` is a wildcard on both sides: an Unknown connector fits any
 car, and a reservation for Unknown (or with no connector type) fits any connector.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -123,6 +125,65 @@ def more_important_state(current: ConnectorState, new: ConnectorState) -> Connec
 def arrival_orders(car_types: Sequence[ConnectorTypeEnum]) -> list[tuple[ConnectorTypeEnum, ...]]:
     """Every distinct order in which cars of these connector types could arrive."""
     return sorted(set(itertools.permutations(car_types)))
+
+
+Fitting = Mapping[ConnectorTypeEnum, Set[int]]
+"""For each car (connector) type: the EVSEs such a car could charge at right now."""
+
+
+def every_arrival_order_fits(cars: Sequence[ConnectorTypeEnum], fitting: Fitting) -> bool:
+    """The definition of feasibility, by brute force, as EVerest computes it.
+
+    Cars arrive in every possible order; each takes *any* free EVSE that fits it (all
+    choices are explored). Feasible if no car ever finds every fitting EVSE taken.
+    Exponential in the number of cars: kept as the reference that
+    :func:`no_car_can_be_shut_out` is tested against, not used at run time.
+    """
+
+    def all_arrive(order: tuple[ConnectorTypeEnum, ...], taken: frozenset[int]) -> bool:
+        choices = fitting[order[0]] - taken
+        if not choices:
+            return False
+        return len(order) == 1 or all(all_arrive(order[1:], taken | {e}) for e in choices)
+
+    return all(all_arrive(order, frozenset()) for order in arrival_orders(cars) if order)
+
+
+def no_car_can_be_shut_out(cars: Sequence[ConnectorTypeEnum], fitting: Fitting) -> bool:
+    """Same answer as :func:`every_arrival_order_fits`, in polynomial time.
+
+    A car is shut out exactly when the cars that came before it sit on every EVSE that
+    would fit it. Arrival order and choices are free, so that can happen iff the *other*
+    cars can be placed, one per EVSE and each on an EVSE that fits it, covering all the
+    car's fitting EVSEs: a bipartite matching question, asked once per car type.
+    """
+    for car in set(cars):
+        others = list(cars)
+        others.remove(car)
+        if _can_occupy_all(fitting[car], [fitting[o] for o in others]):
+            return False
+    return True
+
+
+def _can_occupy_all(targets: Set[int], cars: Sequence[Set[int]]) -> bool:
+    """Can ``cars`` (each with the EVSEs it fits) occupy every EVSE in ``targets``?
+
+    Maximum bipartite matching by augmenting paths (Kuhn); sizes here are tiny.
+    """
+    if len(targets) > len(cars):
+        return False
+    evse_of_car: dict[int, int] = {}
+
+    def place(evse: int, tried: set[int]) -> bool:
+        for car, fits in enumerate(cars):
+            if evse in fits and car not in tried:
+                tried.add(car)
+                if car not in evse_of_car or place(evse_of_car[car], tried):
+                    evse_of_car[car] = evse
+                    return True
+        return False
+
+    return all(place(evse, set()) for evse in sorted(targets))
 
 
 # --- the book ----------------------------------------------------------------------------
@@ -516,27 +577,16 @@ class ReservationBook:
     def _is_possible(self, car_types: Sequence[ConnectorTypeEnum], held: Set[int]) -> bool:
         """Can these station-wide cars all charge, with ``held`` EVSEs kept for others?
 
-        True only if, for every arrival order and whatever fitting EVSE each car picks,
-        every later car still finds one (EVerest's "virtual car arrival").
+        EVerest's "virtual car arrival": true only if, for every arrival order and
+        whatever fitting EVSE each car picks, every later car still finds one.
         """
         if len(car_types) + len(held) > len(self._evses):
             return False
-        if not car_types:
-            return True
-        memo: dict[tuple[tuple[ConnectorTypeEnum, ...], frozenset[int]], bool] = {}
-
-        def all_arrive(cars: tuple[ConnectorTypeEnum, ...], taken: frozenset[int]) -> bool:
-            key = (cars, taken)
-            if key not in memo:
-                car = cars[0]
-                free = [e for e in sorted(self._evses) if e not in taken]
-                choices = [e for e in free if self._fits(e, car, held)]
-                memo[key] = bool(choices) and (
-                    len(cars) == 1 or all(all_arrive(cars[1:], taken | {e}) for e in choices)
-                )
-            return memo[key]
-
-        return all(all_arrive(order, frozenset()) for order in arrival_orders(car_types))
+        fitting = {
+            car: frozenset(e for e in self._evses if self._fits(e, car, held))
+            for car in set(car_types)
+        }
+        return no_car_can_be_shut_out(car_types, fitting)
 
     def _refusal_result(self, wanted: ConnectorTypeEnum) -> ReservationResult:
         """What to answer when a reservation does not fit (OCPP H01.FR.11-13).

@@ -96,8 +96,8 @@ def raw_client(broker: Mosquitto) -> Iterator[Callable[[], mqtt.Client]]:
 
     yield make
     for c in made:
-        c.loop_stop()
         c.disconnect()
+        c.loop_stop()
 
 
 def subscribe_and_wait(client: mqtt.Client, topic: str) -> None:

@@ -8,7 +8,9 @@ the port builds a fresh book on the same store instead. Timers run on a FakeCloc
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from auth_module.core.evse import Connector, ConnectorEvent, ConnectorState, Evs
 from auth_module.core.reservations import (
     ReservationBook,
     arrival_orders,
+    every_arrival_order_fits,
     more_important_state,
+    no_car_can_be_shut_out,
     parse_expiry,
 )
 from auth_module.store import ReservationStore
@@ -1047,3 +1051,60 @@ def test_expiry_callback_takes_the_lock_and_public_calls_do_not() -> None:
     st.clock.advance(3600)
     assert lock.entered == 1
     assert st.calls == [(1, 0, EXPIRED, True)]
+
+
+def test_matching_agrees_with_enumerating_every_arrival_order() -> None:
+    """The fast feasibility test gives the brute-force (EVerest) answer on random stations."""
+    rng = random.Random(20260101)
+    kinds = [T.cCCS2, T.cType2, T.cTesla, T.Unknown]
+    events = [None, None, None, E.DISABLE, E.FAULTED, E.TRANSACTION_STARTED]
+    disagreements = []
+    infeasible = 0
+    for case in range(1500):
+        st = Station()
+        for evse_id in range(1, rng.randint(1, 5) + 1):
+            for connector_id in range(rng.randint(1, 2)):
+                st.add_connector(evse_id, connector_id, rng.choice(kinds))
+                event = rng.choice(events)
+                if event is not None:
+                    st.evses[evse_id].connectors[-1].submit(event)
+            st.evses[evse_id].plugged_in = rng.random() < 0.1
+        held = {e for e in st.evses if rng.random() < 0.2}
+        cars = [rng.choice(kinds) for _ in range(rng.randint(0, 5))]
+        fitting = {
+            car: frozenset(e for e in st.evses if st.book._fits(e, car, held)) for car in set(cars)
+        }
+        expected = every_arrival_order_fits(cars, fitting)
+        infeasible += not expected
+        if no_car_can_be_shut_out(cars, fitting) != expected:
+            disagreements.append((case, cars, fitting))
+    assert disagreements == []
+    assert 100 < infeasible < 1400  # both answers well represented
+
+
+def test_matching_agrees_with_enumeration_on_random_fitting_sets() -> None:
+    """Same property on arbitrary car/EVSE fit relations, where augmenting paths matter."""
+    rng = random.Random(7)
+    kinds = [T.cCCS2, T.cType2, T.cTesla, T.cCCS1, T.Pan]
+    infeasible = 0
+    for _ in range(3000):
+        evse_ids = range(rng.randint(1, 6))
+        cars = [rng.choice(kinds) for _ in range(rng.randint(1, 6))]
+        fitting = {c: frozenset(e for e in evse_ids if rng.random() < 0.6) for c in set(cars)}
+        expected = every_arrival_order_fits(cars, fitting)
+        infeasible += not expected
+        assert no_car_can_be_shut_out(cars, fitting) == expected, (cars, fitting)
+    assert 300 < infeasible < 2700
+
+def test_feasibility_stays_fast_for_a_large_station() -> None:
+    """12 EVSEs, 12 station-wide reservations of 12 types: no exponential blow-up."""
+    st = Station()
+    kinds = [k for k in T if k is not T.Unknown][:12]
+    for evse_id, kind in enumerate(kinds, start=1):
+        st.add_connector(evse_id, 0, kind)
+        st.add_connector(evse_id, 1, T.Unknown)
+    started = time.perf_counter()
+    assert [st.reserve(None, kind) for kind in kinds] == [R.Accepted] * 12
+    assert st.reserve(None, T.cCCS2) == R.Occupied
+    assert st.book.check_global_reservations() == (set(st.evses), set())
+    assert time.perf_counter() - started < 2

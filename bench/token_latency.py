@@ -1,0 +1,438 @@
+"""Token latency: ``provided_token`` published -> ``authorize_response`` received.
+
+::
+
+    python -m bench.token_latency [--tokens 2000] [--warmup 100] [--json]
+
+One run, one mosquitto on loopback (``simulators.broker.Mosquitto``, TCP_NODELAY), and:
+
+* the module as its own process (``auth-module --config station.yaml``): FindFirst, one EVSE,
+  one bus token provider, one bus validator, ``logging: {level: warning}``;
+* in this process: the token provider, a validator that answers ``Accepted`` at once, an
+  EVSE-manager stand-in and an observer of ``token_validation_status``, each its own
+  ``BusClient`` (its own MQTT connection), so both ends of the timed interval are read from
+  one monotonic clock (``time.perf_counter_ns``);
+* beside it, on the same broker: two raw paho 2.x clients doing an MQTT echo (A publishes on
+  topic ``ping``, B republishes the payload on ``pong``, A times publish -> receive), with
+  TCP_NODELAY and the module's QoS (1). One echo round trip is made after every token, while
+  the module is idle, so both series see the same machine conditions.
+
+Per token (sequential, one in flight): a fresh token value is published; the interval ends
+in the EVSE stand-in's ``on_message`` (paho's network thread) for ``authorize_response``.
+Outside the timed interval the bench then waits for the token's final ``UsedToStart``
+status, ends the session (SessionStarted, TransactionStarted, TransactionFinished,
+SessionFinished, all from the EVSE stand-in's connection) and makes a handshake call
+(``exists_reservation``) from that same connection: the module handles session events in
+order on its network thread before it dispatches the later command, so the answer proves
+the EVSE is free again before the next token is sent.
+
+Targets: p50(token) / p50(echo) <= 3.0 and token p99 < 10 ms. Exit status 0 when both
+pass, 1 when one fails, 2 when the bench itself could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import yaml
+
+from auth_module.bus import BusClient
+from auth_module.bus.envelopes import cmd_topic, encode, parse_cmd, var_envelope
+from bench import AUTH_MODULE, quiet_logging, summary_ms, wait_until
+from simulators.broker import Mosquitto
+from simulators.token_provider import make_token
+
+PREFIX = "everest/"
+MODULE_ID = "auth"
+PROVIDER_ID = "rfid_reader"
+VALIDATOR_ID = "validator"
+EVSE_ID = "evse_manager_1"
+QOS = 1  # BusClient's default, which AuthModule uses (auth_module/bus/client.py)
+STEP_TIMEOUT_S = 5.0
+
+TARGET_RATIO = 3.0
+TARGET_P99_MS = 10.0
+
+
+# --------------------------------------------------------------------------- bus actors
+
+
+class Validator:
+    """``validate_token`` -> Accepted, at once (no parsing, no logging)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.bus = BusClient(module_id=VALIDATOR_ID, host=host, port=port, prefix=PREFIX)
+        self.calls = 0
+        self.bus.provide_command("main", "validate_token", self._validate)
+
+    def _validate(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        return {"authorization_status": "Accepted"}
+
+
+class EvseStandIn:
+    """A minimal EVSE manager (evse id 1, one connector) that timestamps authorize_response.
+
+    The command is answered by the BusClient as usual (worker pool); the timestamp is taken
+    by a raw subscription on the same topic, which runs in ``on_message`` on paho's network
+    thread: the earliest moment this process can see the message.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.bus = BusClient(module_id=EVSE_ID, host=host, port=port, prefix=PREFIX)
+        self._cond = threading.Condition()
+        self.arrivals: dict[str, tuple[int, str]] = {}
+        self.commands: dict[str, int] = {}
+        answers: dict[str, Any] = {
+            "get_evse": {"id": 1, "connectors": [{"id": 1, "type": "cCCS2"}]},
+            "reserve": True,
+            "stop_transaction": True,
+        }
+        for name in ("get_evse", "authorize_response", "withdraw_authorization", "reserve",
+                     "cancel_reservation", "stop_transaction"):
+            self.bus.provide_command("evse", name, self._answer(name, answers.get(name)))
+        self.bus.subscribe_raw(cmd_topic(PREFIX, EVSE_ID, "evse", "authorize_response"),
+                               self._on_authorize_wire)
+
+    def _answer(self, name: str, retval: Any) -> Any:
+        def handle(args: dict[str, Any]) -> Any:
+            self.commands[name] = self.commands.get(name, 0) + 1
+            return retval
+        return handle
+
+    def _on_authorize_wire(self, _topic: str, payload: bytes) -> None:
+        t = time.perf_counter_ns()
+        args = parse_cmd(payload).args
+        value = args["provided_token"]["id_token"]["value"]
+        status = args["validation_result"]["authorization_status"]
+        with self._cond:
+            self.arrivals[value] = (t, status)
+            self._cond.notify_all()
+
+    def wait_authorize(self, value: str, timeout: float = STEP_TIMEOUT_S) -> tuple[int, str]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: value in self.arrivals, timeout):
+                raise TimeoutError(f"no authorize_response for {value} within {timeout:g} s")
+            return self.arrivals.pop(value)
+
+    def _event(self, event: str, **sub: Any) -> None:
+        value = {"uuid": uuid.uuid4().hex, "event": event,
+                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "connector_id": 1, **sub}
+        self.bus.publish_var("evse", "session_event", value)
+
+    def run_session_to_end(self, token: dict[str, Any]) -> None:
+        """Car plugs in, charges, leaves: the EVSE is free again afterwards."""
+        meter0 = {"energy_Wh_import": {"total": 0}}
+        self._event("SessionStarted", session_started={"reason": "EVConnected",
+                                                       "meter_value": meter0})
+        self._event("TransactionStarted", transaction_started={"id_tag": token,
+                                                               "meter_value": meter0})
+        self._event("TransactionFinished", transaction_finished={
+            "meter_value": {"energy_Wh_import": {"total": 1000}}, "reason": "EVDisconnected"})
+        self._event("SessionFinished")
+
+    def handshake(self, value: str) -> Any:
+        """A command behind the session events on the same connection: answered => handled."""
+        return self.bus.call(MODULE_ID, "reservation", "exists_reservation",
+                             {"request": {"id_token": value, "evse_id": 1}},
+                             timeout=STEP_TIMEOUT_S)
+
+
+class Observer:
+    """Records every token_validation_status, and the module's ready messages."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.bus = BusClient(module_id="bench_observer", host=host, port=port, prefix=PREFIX)
+        self._cond = threading.Condition()
+        self.statuses: dict[str, list[str]] = {}
+        self.ready = 0
+        self.bus.subscribe_var(MODULE_ID, "main", "token_validation_status", self._on_status)
+        self.bus.subscribe_raw(f"{PREFIX}modules/{MODULE_ID}/ready", self._on_ready)
+
+    def _on_status(self, value: Any) -> None:
+        token = value["token"]["id_token"]["value"]
+        with self._cond:
+            self.statuses.setdefault(token, []).append(value["status"])
+            self._cond.notify_all()
+
+    def _on_ready(self, _topic: str, _payload: bytes) -> None:
+        with self._cond:
+            self.ready += 1
+            self._cond.notify_all()
+
+    def wait_status(self, value: str, status: str, timeout: float = STEP_TIMEOUT_S) -> list[str]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: status in self.statuses.get(value, ()), timeout):
+                raise TimeoutError(f"no {status} for {value} within {timeout:g} s "
+                                   f"(seen {self.statuses.get(value)})")
+            return list(self.statuses[value])
+
+
+class Echo:
+    """Two raw paho clients: A publishes on ``ping``; B republishes it on ``pong``."""
+
+    def __init__(self, host: str, port: int, qos: int = QOS) -> None:
+        self.host, self.port, self.qos = host, port, qos
+        tag = uuid.uuid4().hex[:8]
+        self.ping, self.pong = f"bench/echo/{tag}/ping", f"bench/echo/{tag}/pong"
+        self._received = threading.Event()
+        self._t_recv = 0
+        self._subscribed = threading.Semaphore(0)
+        self.a = self._client("a", self.pong, self._on_pong)
+        self.b = self._client("b", self.ping, self._on_ping)
+
+    def _client(self, name: str, sub_topic: str, on_message: Any) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                        client_id=f"bench-echo-{name}-{uuid.uuid4().hex[:8]}",
+                        clean_session=True, protocol=mqtt.MQTTv311)
+
+        def on_socket_open(client: Any, userdata: Any, sock: Any) -> None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            client.subscribe(sub_topic, qos=self.qos)
+
+        def on_subscribe(client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
+            self._subscribed.release()
+
+        c.on_socket_open = on_socket_open
+        c.on_connect = on_connect
+        c.on_subscribe = on_subscribe
+        c.on_message = on_message
+        return c
+
+    def _on_ping(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        client.publish(self.pong, msg.payload, qos=self.qos)
+
+    def _on_pong(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._t_recv = time.perf_counter_ns()
+        self._received.set()
+
+    def start(self, timeout: float = STEP_TIMEOUT_S) -> None:
+        for c in (self.a, self.b):
+            c.connect(self.host, self.port, keepalive=30)
+            c.loop_start()
+        for _ in range(2):
+            if not self._subscribed.acquire(timeout=timeout):
+                raise TimeoutError("echo clients did not subscribe")
+
+    def round_trip(self, payload: bytes, timeout: float = STEP_TIMEOUT_S) -> int:
+        """Nanoseconds from A's publish to A's on_message for the echo."""
+        self._received.clear()
+        t0 = time.perf_counter_ns()
+        self.a.publish(self.ping, payload, qos=self.qos)
+        if not self._received.wait(timeout):
+            raise TimeoutError(f"no echo within {timeout:g} s")
+        return self._t_recv - t0
+
+    def stop(self) -> None:
+        for c in (self.a, self.b):
+            try:
+                c.disconnect()
+                c.loop_stop()
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def write_station(path: Path, host: str, port: int, store: Path) -> None:
+    station = {
+        "mqtt": {"host": host, "port": port, "prefix": PREFIX},
+        "module_id": MODULE_ID,
+        "config": {"selection_algorithm": "FindFirst", "connection_timeout": 30},
+        "connections": {
+            "token_provider": [{"module_id": PROVIDER_ID, "implementation_id": "main"}],
+            "token_validator": [{"module_id": VALIDATOR_ID, "implementation_id": "main"}],
+            "evse_manager": [{"module_id": EVSE_ID, "implementation_id": "evse"}],
+        },
+        "reservations": {"store": str(store)},
+        "logging": {"level": "warning"},
+    }
+    path.write_text(yaml.safe_dump(station, sort_keys=False))
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        import psutil
+
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except Exception:
+        return None
+
+
+def run(tokens: int, warmup: int, progress: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    station_path = tmp / "station.yaml"
+    log_path = tmp / "auth-module.log"
+    proc: subprocess.Popen[bytes] | None = None
+    actors: list[BusClient] = []
+    echo: Echo | None = None
+    with Mosquitto() as broker:
+        host, port = broker.host, broker.port
+        try:
+            write_station(station_path, host, port, tmp / "reservations.json")
+            validator = Validator(host, port)
+            evse = EvseStandIn(host, port)
+            observer = Observer(host, port)
+            provider = BusClient(module_id=PROVIDER_ID, host=host, port=port, prefix=PREFIX)
+            actors = [validator.bus, evse.bus, observer.bus, provider]
+            for bus in actors:
+                bus.start()
+            for bus in actors:
+                if not bus.wait_connected(STEP_TIMEOUT_S) or not bus.wait_subscribed(STEP_TIMEOUT_S):
+                    raise RuntimeError(f"{bus.module_id}: not connected to {host}:{port}")
+            echo = Echo(host, port)
+            echo.start()
+
+            with open(log_path, "ab") as log_file:
+                proc = subprocess.Popen([AUTH_MODULE, "--config", str(station_path)],
+                                        stdout=log_file, stderr=subprocess.STDOUT)
+            wait_until(lambda: observer.ready > 0 or proc.poll() is not None, 15.0,
+                       "the module's ready message")
+            if proc.poll() is not None:
+                raise RuntimeError(f"module exited with {proc.returncode}: "
+                                   f"{log_path.read_text(errors='replace')[-2000:]}")
+
+            run_tag = uuid.uuid4().hex[:6].upper()
+            token_ns: list[int] = []
+            echo_ns: list[int] = []
+            odd: list[tuple[str, list[str]]] = []
+            cpu_before: float | None = None
+            t_start = 0.0
+            total = warmup + tokens
+            for i in range(total):
+                if i == warmup:
+                    cpu_before, t_start = _cpu_s(proc.pid), time.monotonic()
+                value = f"BENCH-{run_tag}-{i:07d}"
+                msg = make_token(value)  # built (and validated) outside the timed interval
+                body = encode(var_envelope(msg))
+                t0 = time.perf_counter_ns()
+                provider.publish_var("main", "provided_token", msg)
+                t1, status = evse.wait_authorize(value)
+                if status != "Accepted":
+                    raise RuntimeError(f"{value}: authorize_response {status}, expected Accepted")
+                seen = observer.wait_status(value, "UsedToStart")
+                evse.run_session_to_end(msg)
+                evse.handshake(value)
+                rtt = echo.round_trip(body)
+                if i >= warmup:
+                    token_ns.append(t1 - t0)
+                    echo_ns.append(rtt)
+                    if seen != ["Processing", "Accepted", "UsedToStart"]:
+                        odd.append((value, seen))
+                if progress and (i + 1) % 500 == 0:
+                    print(f"  ... {i + 1}/{total}", file=sys.stderr, flush=True)
+            elapsed = time.monotonic() - t_start
+            cpu_after = _cpu_s(proc.pid)
+            if proc.poll() is not None:
+                raise RuntimeError(f"module exited with {proc.returncode} during the run")
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if echo is not None:
+                echo.stop()
+            for bus in actors:
+                bus.stop()
+
+    token = summary_ms(token_ns)
+    echo_s = summary_ms(echo_ns)
+    ratio = token["p50"] / echo_s["p50"]
+    targets = {
+        "ratio_p50_token_over_echo": {"value": ratio, "limit": TARGET_RATIO,
+                                      "pass": ratio <= TARGET_RATIO},
+        "token_p99_ms": {"value": token["p99"], "limit": TARGET_P99_MS,
+                         "pass": token["p99"] < TARGET_P99_MS},
+    }
+    module_cpu = (None if cpu_before is None or cpu_after is None
+                  else (cpu_after - cpu_before) / tokens * 1e3)
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "tokens": tokens,
+        "warmup": warmup,
+        "qos": QOS,
+        "token_ms": token,
+        "echo_ms": echo_s,
+        "ratio_p50": ratio,
+        "targets": targets,
+        "pass": all(t["pass"] for t in targets.values()),
+        "unexpected_status_sequences": len(odd),
+        "unexpected_examples": odd[:3],
+        "validator_calls": validator.calls,
+        "module_cpu_ms_per_iteration": module_cpu,
+        "measured_wall_s": elapsed,
+    }
+
+
+def _fmt_row(name: str, s: dict[str, Any]) -> str:
+    return (f"{name:<28} {s['n']:>6} {s['p50']:>8.3f} {s['p90']:>8.3f} {s['p99']:>8.3f} "
+            f"{s['max']:>8.3f} {s['mean']:>8.3f}")
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        f"token latency bench: {r['tokens']} tokens after {r['warmup']} warm-up, QoS {r['qos']}, "
+        f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}",
+        f"{'(milliseconds)':<28} {'n':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'mean':>8}",
+        _fmt_row("provided_token -> authorize", r["token_ms"]),
+        _fmt_row("bare MQTT echo round trip", r["echo_ms"]),
+        f"ratio p50(token)/p50(echo): {r['ratio_p50']:.2f}",
+    ]
+    if r["module_cpu_ms_per_iteration"] is not None:
+        lines.append(f"module CPU per iteration (token + session end + handshake): "
+                     f"{r['module_cpu_ms_per_iteration']:.2f} ms")
+    if r["unexpected_status_sequences"]:
+        lines.append(f"WARNING: {r['unexpected_status_sequences']} tokens with an unexpected "
+                     f"status sequence, e.g. {r['unexpected_examples']}")
+    t = r["targets"]["ratio_p50_token_over_echo"]
+    lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  ratio p50(token)/p50(echo) "
+                 f"{t['value']:.2f} <= {t['limit']:.1f}")
+    t = r["targets"]["token_p99_ms"]
+    lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  token p99 {t['value']:.3f} ms "
+                 f"< {t['limit']:.0f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.token_latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=2000, help="measured tokens (default 2000)")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up tokens (default 100)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = p.parse_args(argv)
+    if args.tokens < 1 or args.warmup < 0:
+        p.error("--tokens must be >= 1 and --warmup >= 0")
+    quiet_logging()
+    try:
+        result = run(args.tokens, args.warmup, progress=not args.json)
+    except Exception as exc:
+        print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else report(result))
+    return 0 if result["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
