@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -72,15 +73,28 @@ TARGET_P99_MS = 10.0
 
 
 class Validator:
-    """``validate_token`` -> Accepted, at once (no parsing, no logging)."""
+    """``validate_token`` -> Accepted, at once (no schema check, no logging).
+
+    For the breakdown it notes when each request arrives (raw subscription: paho's network
+    thread) and when its handler returns the answer (BusClient worker thread).
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.bus = BusClient(module_id=VALIDATOR_ID, host=host, port=port, prefix=PREFIX)
         self.calls = 0
+        self.t_in: dict[str, int] = {}
+        self.t_out: dict[str, int] = {}
         self.bus.provide_command("main", "validate_token", self._validate)
+        self.bus.subscribe_raw(cmd_topic(PREFIX, VALIDATOR_ID, "main", "validate_token"),
+                               self._on_wire)
+
+    def _on_wire(self, _topic: str, payload: bytes) -> None:
+        t = time.perf_counter_ns()
+        self.t_in[parse_cmd(payload).args["provided_token"]["id_token"]["value"]] = t
 
     def _validate(self, args: dict[str, Any]) -> dict[str, Any]:
         self.calls += 1
+        self.t_out[args["provided_token"]["id_token"]["value"]] = time.perf_counter_ns()
         return {"authorization_status": "Accepted"}
 
 
@@ -278,7 +292,10 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
-def run(tokens: int, warmup: int, progress: bool) -> dict[str, Any]:
+def run(tokens: int, warmup: int, progress: bool,
+        module_command: list[str] | None = None) -> dict[str, Any]:
+    command = module_command or [AUTH_MODULE]
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     station_path = tmp / "station.yaml"
     log_path = tmp / "auth-module.log"
@@ -303,7 +320,8 @@ def run(tokens: int, warmup: int, progress: bool) -> dict[str, Any]:
             echo.start()
 
             with open(log_path, "ab") as log_file:
-                proc = subprocess.Popen([AUTH_MODULE, "--config", str(station_path)],
+                # cwd: the temp dir, so nothing the module writes lands in the project
+                proc = subprocess.Popen([*command, "--config", str(station_path)], cwd=tmp,
                                         stdout=log_file, stderr=subprocess.STDOUT)
             wait_until(lambda: observer.ready > 0 or proc.poll() is not None, 15.0,
                        "the module's ready message")
@@ -314,6 +332,10 @@ def run(tokens: int, warmup: int, progress: bool) -> dict[str, Any]:
             run_tag = uuid.uuid4().hex[:6].upper()
             token_ns: list[int] = []
             echo_ns: list[int] = []
+            # the breakdown: provider -> validator request; validator; its answer -> EVSE
+            inbound_ns: list[int] = []
+            validator_ns: list[int] = []
+            outbound_ns: list[int] = []
             odd: list[tuple[str, list[str]]] = []
             cpu_before: float | None = None
             t_start = 0.0
@@ -336,6 +358,10 @@ def run(tokens: int, warmup: int, progress: bool) -> dict[str, Any]:
                 if i >= warmup:
                     token_ns.append(t1 - t0)
                     echo_ns.append(rtt)
+                    t_vin, t_vout = validator.t_in.pop(value), validator.t_out.pop(value)
+                    inbound_ns.append(t_vin - t0)
+                    validator_ns.append(t_vout - t_vin)
+                    outbound_ns.append(t1 - t_vout)
                     if seen != ["Processing", "Accepted", "UsedToStart"]:
                         odd.append((value, seen))
                 if progress and (i + 1) % 500 == 0:
@@ -370,13 +396,21 @@ def run(tokens: int, warmup: int, progress: bool) -> dict[str, Any]:
                   else (cpu_after - cpu_before) / tokens * 1e3)
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "module_command": command,
         "tokens": tokens,
         "warmup": warmup,
         "qos": QOS,
         "token_ms": token,
         "echo_ms": echo_s,
         "ratio_p50": ratio,
+        "breakdown_ms": {
+            "provided_token -> validate_token at validator": summary_ms(inbound_ns),
+            "validator (bench process)": summary_ms(validator_ns),
+            "validator answer -> authorize_response at EVSE": summary_ms(outbound_ns),
+        },
         "targets": targets,
         "pass": all(t["pass"] for t in targets.values()),
         "unexpected_status_sequences": len(odd),
@@ -395,12 +429,17 @@ def _fmt_row(name: str, s: dict[str, Any]) -> str:
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"token latency bench: {r['tokens']} tokens after {r['warmup']} warm-up, QoS {r['qos']}, "
-        f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}",
+        f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average "
+        f"{r['machine']['loadavg_before'][0]:.2f} before / "
+        f"{r['machine']['loadavg_after'][0]:.2f} after",
         f"{'(milliseconds)':<28} {'n':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'mean':>8}",
         _fmt_row("provided_token -> authorize", r["token_ms"]),
         _fmt_row("bare MQTT echo round trip", r["echo_ms"]),
         f"ratio p50(token)/p50(echo): {r['ratio_p50']:.2f}",
+        "breakdown of the token path (each MQTT leg pair is one echo round trip of wire time):",
     ]
+    for name, s in r["breakdown_ms"].items():
+        lines.append(_fmt_row("  " + name[:26], s) + f"   {name}")
     if r["module_cpu_ms_per_iteration"] is not None:
         lines.append(f"module CPU per iteration (token + session end + handshake): "
                      f"{r['module_cpu_ms_per_iteration']:.2f} ms")
@@ -421,12 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=2000, help="measured tokens (default 2000)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up tokens (default 100)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--module-command", default=None, metavar="CMD",
+                   help="how to start the module instead of the auth-module script (split "
+                        "like a shell; '--config STATION' is appended), e.g. to compare a "
+                        "candidate build")
     args = p.parse_args(argv)
     if args.tokens < 1 or args.warmup < 0:
         p.error("--tokens must be >= 1 and --warmup >= 0")
     quiet_logging()
     try:
-        result = run(args.tokens, args.warmup, progress=not args.json)
+        result = run(args.tokens, args.warmup, progress=not args.json,
+                     module_command=shlex.split(args.module_command) if args.module_command
+                     else None)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -133,22 +133,26 @@ def _is_local(host: str) -> bool:
 class BrokerChoice:
     host: str
     port: int
-    broker: Any | None  # a running simulators.broker.Mosquitto the demo owns, or None
+    started: bool       # whether the demo started this broker
     station_path: Path  # the station file to use (maybe a temporary copy)
-    temp_dir: Path | None
     line: str
 
 
-def _start_mosquitto(host: str, port: int | None) -> Any:
-    """Start mosquitto with SIGINT blocked in the child, so that a Ctrl-C in the terminal
-    reaches only the demo, which then stops everything in order (module first)."""
+def _start_mosquitto(host: str, port: int | None, owned: list[Any]) -> Any:
+    """Start mosquitto and add it to ``owned`` (which the shutdown closes) before it runs.
+
+    SIGINT is blocked while it starts, so the child inherits it blocked: a Ctrl-C in the
+    terminal then reaches only the demo, which stops everything in order (module first).
+    A Ctrl-C meanwhile is delivered to the demo when the mask is restored."""
     from simulators.broker import Mosquitto
 
     broker = Mosquitto(port=port, host=host)
+    owned.append(broker)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         broker.start()
     except BaseException:
+        owned.remove(broker)
         broker.close()
         raise
     finally:
@@ -156,7 +160,7 @@ def _start_mosquitto(host: str, port: int | None) -> Any:
     return broker
 
 
-def _station_copy(original: Path, host: str, port: int) -> tuple[Path, Path]:
+def _station_copy(original: Path, host: str, port: int, owned: list[Any]) -> Path:
     """A temporary copy of the station file pointing at ``host:port``. Relative paths in it
     (reservation store, allow-list files) are made absolute so they still mean the same."""
     data = yaml.safe_load(original.read_text(encoding="utf-8")) or {}
@@ -178,33 +182,35 @@ def _station_copy(original: Path, host: str, port: int) -> tuple[Path, Path]:
                 if not Path(entry["file"]).expanduser().is_absolute():
                     entry["file"] = str(base / entry["file"])
     temp_dir = Path(tempfile.mkdtemp(prefix="auth-demo-"))
+    owned.append(temp_dir)
     copy = temp_dir / original.name
     copy.write_text(f"# temporary copy of {original} made by auth-demo for port {port}\n"
                     + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return copy, temp_dir
+    return copy
 
 
-def choose_broker(station_path: Path, host: str, port: int) -> BrokerChoice:
+def choose_broker(station_path: Path, host: str, port: int, owned: list[Any]) -> BrokerChoice:
+    """Find or start the broker; what the demo starts (brokers, temp dirs) goes to ``owned``."""
     answer = mqtt_broker_answers(host, port)
     where = f"{host}:{port}"
     if answer is True:
-        return BrokerChoice(host, port, None, station_path, None,
+        return BrokerChoice(host, port, False, station_path,
                             f"Broker: using the MQTT broker already running at {where}.")
     if answer is None and _is_local(host):
         try:
-            broker = _start_mosquitto(host, port)
+            broker = _start_mosquitto(host, port, owned)
         except RuntimeError:
             broker = None  # e.g. the port was taken meanwhile: use a free port below
         if broker is not None:
-            return BrokerChoice(host, port, broker, station_path, None,
+            return BrokerChoice(host, port, True, station_path,
                                 f"Broker: no MQTT broker at {where}, so the demo started "
                                 f"mosquitto there (it stops it at the end).")
     why = ("is taken by something that is not an MQTT broker" if answer is False
            else "has no MQTT broker and is not on this machine" if not _is_local(host)
            else "could not be used")
-    broker = _start_mosquitto("127.0.0.1", None)
-    copy, temp_dir = _station_copy(station_path, broker.host, broker.port)
-    return BrokerChoice(broker.host, broker.port, broker, copy, temp_dir,
+    broker = _start_mosquitto("127.0.0.1", None, owned)
+    copy = _station_copy(station_path, broker.host, broker.port, owned)
+    return BrokerChoice(broker.host, broker.port, True, copy,
                         f"Broker: {where} {why}; the demo started mosquitto on "
                         f"{broker.host}:{broker.port} and runs the station from a temporary "
                         f"copy of the station file: {copy}")
@@ -297,7 +303,7 @@ def _event_text(ev: dict[str, Any]) -> str:
         fin = ev.get("transaction_finished") or {}
         wh = ((fin.get("meter_value") or {}).get("energy_Wh_import") or {}).get("total")
         parts = [p for p in (f"reason {fin['reason']}" if fin.get("reason") else "",
-                             f"{wh:.1f} Wh charged" if isinstance(wh, (int, float)) and wh > 0
+                             f"{wh:.1f} Wh charged" if isinstance(wh, (int, float)) and wh >= 0.05
                              else "") if p]
         return f"{name} ({', '.join(parts)})" if parts else name
     return str(name)
@@ -471,6 +477,11 @@ class Demo:
         self._scene_trouble = False
         try:
             self.call("main", "withdraw_authorization", {"request": {}})
+            if self.reservation_placed:
+                self.call("reservation", "cancel_reservation",
+                          {"reservation_id": RESERVATION_ID})
+                self.reservation_placed = False
+                self.show(f"(tidying up: reservation {RESERVATION_ID} is cancelled)")
         except Exception:
             pass
         for n in (1, 2):
@@ -641,9 +652,9 @@ class Demo:
         ev = self.expect_events(2, mark, "ChargingStarted", "charging on the reservation",
                                 timeout=DEADLINE_S + self.pace_s)
         if ev is not None:
-            started = [e for e in self.obs.events(2, mark) if e.get("event") == "TransactionStarted"]
-            used = (started[0].get("transaction_started") or {}).get("reservation_id") \
-                if started else None
+            started = [e.get("transaction_started") or {} for e in self.obs.events(2, mark)
+                       if e.get("event") == "TransactionStarted"]
+            used = started[0].get("reservation_id") if started else None
             if used == rid:
                 self.show(f"Reservation {rid} was used: accepted and used by VALID_RFID_2.")
             else:
@@ -696,6 +707,15 @@ def _tokens_file(given: str | None, station_path: Path) -> Path:
         if cand.is_file():
             return cand
     raise DemoError(f"no tokens file beside {station_path} or in config/; pass --tokens")
+
+
+def _check_tokens(path: Path) -> None:
+    from simulators.validator import TokensFileError, load_tokens
+
+    try:
+        load_tokens(path)
+    except TokensFileError as exc:
+        raise DemoError(str(exc)) from None
 
 
 def _configure_sim_logging(path: Path) -> Any:
@@ -764,6 +784,7 @@ class _Run:
 
     def __init__(self) -> None:
         self.choice: BrokerChoice | None = None
+        self.owned: list[Any] = []  # brokers and temp dirs the demo made, in order
         self.station: Any = None
         self.observer_bus: Any = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -809,12 +830,13 @@ class _Run:
         if self.station is not None:
             self.station.stop()
             out("The simulators stopped.")
-        if self.choice is not None:
-            if self.choice.broker is not None:
-                self.choice.broker.close()
-                out(f"The demo's mosquitto on {self.choice.host}:{self.choice.port} stopped.")
-            if self.choice.temp_dir is not None:
-                shutil.rmtree(self.choice.temp_dir, ignore_errors=True)
+        for thing in reversed(self.owned):
+            if isinstance(thing, Path):
+                shutil.rmtree(thing, ignore_errors=True)
+            else:
+                thing.close()
+                out(f"The demo's mosquitto on {thing.host}:{thing.port} stopped.")
+        self.owned.clear()
         if self.sim_log is not None:
             try:
                 import structlog
@@ -831,13 +853,14 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     station_path = Path(args.config)
     info, connection_timeout = _check_station(station_path)
     tokens = _tokens_file(args.tokens, station_path)
+    _check_tokens(tokens)
     run.module_id = info.module_id
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     run.sim_log = _configure_sim_logging(STATE_DIR / "demo-sims.log")
 
     out("auth-demo: a scripted session with the auth module, two simulated EVSEs, a card "
         "reader and a validator.")
-    run.choice = choice = choose_broker(station_path, info.host, info.port)
+    run.choice = choice = choose_broker(station_path, info.host, info.port, run.owned)
     out(choice.line)
     if choice.station_path != station_path:
         info, _ = _check_station(choice.station_path)

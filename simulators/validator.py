@@ -20,134 +20,30 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 from pydantic import ValidationError
 
+# The allow-list format is the allow_list plugin's; the simulator reads it the same way.
+from auth_module.plugins.allow_list import (
+    TokenEntry,
+    TokensFile,
+    TokensFileError,
+    _parse_expiry,
+    load_tokens,
+    parse_tokens,
+)
 from auth_module.types import (
     AuthorizationStatus,
-    IdTokenType,
     ProvidedIdToken,
-    ValidationResult,
     ValidationResultUpdate,
     to_wire,
 )
 from simulators.evse_manager import mask_token, resolve_bus
 
-__all__ = ["ValidatorSim", "TokenEntry", "load_tokens", "TokensFileError"]
-
-
-class TokensFileError(ValueError):
-    """The allow-list file is missing or malformed (message names file and key)."""
-
-
-class TokenEntry:
-    __slots__ = ("id_token", "status", "expiry", "parent_id_token", "evse_ids")
-
-    def __init__(self, id_token: str, status: AuthorizationStatus,
-                 expiry: datetime | None, parent_id_token: str | None,
-                 evse_ids: list[int] | None) -> None:
-        self.id_token = id_token
-        self.status = status
-        self.expiry = expiry
-        self.parent_id_token = parent_id_token
-        self.evse_ids = evse_ids
-
-    def result(self, now: datetime | None = None) -> dict[str, Any]:
-        now = now or datetime.now(UTC)
-        status = self.status
-        if self.expiry is not None and now >= self.expiry:
-            status = AuthorizationStatus.Expired
-        res: dict[str, Any] = {"authorization_status": status.value, "tariff_messages": []}
-        if self.expiry is not None:
-            res["expiry_time"] = self.expiry.isoformat().replace("+00:00", "Z")
-        if self.parent_id_token:
-            res["parent_id_token"] = {"value": self.parent_id_token,
-                                      "type": IdTokenType.ISO14443.value}
-        if self.evse_ids is not None:
-            res["evse_ids"] = list(self.evse_ids)
-        return to_wire(ValidationResult.model_validate(res))
-
-
-def _parse_expiry(value: Any, where: str) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, date):
-        dt = datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise TokensFileError(f"{where}.expiry: not an RFC 3339 time: {value!r}") from None
-    else:
-        raise TokensFileError(f"{where}.expiry: not an RFC 3339 time: {value!r}")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
-
-
-def parse_tokens(data: Any, source: str = "tokens") -> dict[str, TokenEntry]:
-    """The allow list (``{"tokens": [...]}`` or a bare list) keyed by casefolded id."""
-    if data is None:
-        return {}
-    if isinstance(data, dict):
-        unknown = set(data) - {"tokens"}
-        if unknown:
-            raise TokensFileError(f"{source}: unknown key {sorted(unknown)[0]!r}")
-        items = data.get("tokens") or []
-    else:
-        items = data
-    if not isinstance(items, list):
-        raise TokensFileError(f"{source}: tokens: must be a list")
-    out: dict[str, TokenEntry] = {}
-    for n, item in enumerate(items):
-        where = f"{source}: tokens[{n}]"
-        if not isinstance(item, dict):
-            raise TokensFileError(f"{where}: must be a mapping")
-        unknown = set(item) - {"id_token", "status", "expiry", "parent_id_token", "evse_ids"}
-        if unknown:
-            raise TokensFileError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        tok = item.get("id_token")
-        if tok is None or isinstance(tok, bool | dict | list):
-            raise TokensFileError(f"{where}.id_token: required, a string")
-        tok = str(tok)
-        try:
-            status = AuthorizationStatus(item.get("status", "Accepted"))
-        except ValueError:
-            raise TokensFileError(
-                f"{where}.status: {item.get('status')!r} is not an AuthorizationStatus"
-            ) from None
-        evse_ids = item.get("evse_ids")
-        if evse_ids is not None and (
-            not isinstance(evse_ids, list)
-            or not all(isinstance(e, int) and not isinstance(e, bool) for e in evse_ids)
-        ):
-            raise TokensFileError(f"{where}.evse_ids: must be a list of integers")
-        parent = item.get("parent_id_token")
-        out[tok.casefold()] = TokenEntry(
-            tok, status, _parse_expiry(item.get("expiry"), where),
-            str(parent) if parent is not None else None, evse_ids,
-        )
-    return out
-
-
-def load_tokens(path: str | os.PathLike[str]) -> dict[str, TokenEntry]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TokensFileError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TokensFileError(f"{p}: bad YAML: {str(exc).splitlines()[0]}") from None
-    return parse_tokens(data, str(p))
+__all__ = ["ValidatorSim", "TokenEntry", "load_tokens", "parse_tokens", "TokensFileError"]
 
 
 class ValidatorSim:
@@ -155,8 +51,9 @@ class ValidatorSim:
 
     ``bus`` is a ``BusClient`` with module id ``module_id`` or a factory
     ``f(module_id) -> BusClient`` (then owned: started by ``start()``, stopped by ``stop()``).
-    ``tokens_file`` is a path to the §7 YAML (re-read when it changes) and/or ``tokens`` the
-    same content as Python data (``{"tokens": [...]}`` or a list of entries).
+    ``tokens_file`` is a path to the §7 YAML, or the allow_list plugin's CSV (re-read when it
+    changes; a broken edit keeps the last good list) and/or ``tokens`` the same content as
+    Python data (``{"tokens": [...]}`` or a list of entries).
     """
 
     def __init__(
@@ -189,10 +86,13 @@ class ValidatorSim:
         #: every ``validate_token`` call received: ``("validate_token", args)``
         self.received: list[tuple[str, dict[str, Any]]] = []
         self._inline = parse_tokens(tokens, "tokens") if tokens is not None else {}
-        self._file_tokens: dict[str, TokenEntry] = {}
-        self._file_mtime: float | None = None
+        self._file: TokensFile | None = None
         if self.tokens_file is not None:
-            self._reload(force=True)
+            self._file = TokensFile(
+                self.tokens_file, interval_s=0.0,
+                on_problem=lambda problem: self.log.warning(
+                    f"validator {self.module_id}: {problem}"))
+            self._file.load()  # TokensFileError if unusable
         self._started = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -225,29 +125,10 @@ class ValidatorSim:
 
     # ------------------------------------------------------------------ the allow list
 
-    def _reload(self, force: bool = False) -> None:
-        if self.tokens_file is None:
-            return
-        try:
-            mtime = self.tokens_file.stat().st_mtime
-        except OSError:
-            if force:
-                raise TokensFileError(f"{self.tokens_file}: cannot read: no such file") from None
-            return
-        if not force and mtime == self._file_mtime:
-            return
-        try:
-            self._file_tokens = load_tokens(self.tokens_file)
-            self._file_mtime = mtime
-        except TokensFileError as exc:
-            if force:
-                raise
-            self.log.warning(f"validator {self.module_id}: keeping the old list: {exc}")
-
     def tokens(self) -> dict[str, TokenEntry]:
+        file_tokens = self._file.tokens() if self._file is not None else {}
         with self._lock:
-            self._reload()
-            return {**self._file_tokens, **self._inline}
+            return {**file_tokens, **self._inline}
 
     def set_token(self, id_token: str, status: str = "Accepted", *, expiry: Any = None,
                   parent_id_token: str | None = None, evse_ids: list[int] | None = None) -> None:

@@ -77,6 +77,9 @@ _MAX_QUEUED = 10_000  # bounds memory while the broker is away; paho resends the
 _SEEN_CMD_IDS = 4096  # window for dropping QoS1 redeliveries of the same command
 
 
+_HANDLER_EVENTS = frozenset({"HandlerException", "NotReady", "Timeout"})
+
+
 class BusError(Exception):
     """Base of the errors a call can end with."""
 
@@ -691,8 +694,13 @@ class BusClient:
             try:
                 retval = entry.handler(cmd.args)
             except Exception as exc:
-                self._log.error("command handler failed", cmd=label, origin=cmd.origin, error=_one_line(exc))
-                self._answer_error(entry, cmd.id, cmd.origin, "HandlerException", str(exc) or type(exc).__name__)
+                # A handler may name the error event itself (e.g. NotReady) with an ``event``
+                # attribute on its exception; anything else is a HandlerException.
+                event = getattr(exc, "event", None)
+                if event not in _HANDLER_EVENTS:
+                    event = "HandlerException"
+                    self._log.error("command handler failed", cmd=label, origin=cmd.origin, error=_one_line(exc))
+                self._answer_error(entry, cmd.id, cmd.origin, event, str(exc) or type(exc).__name__)
                 return
             try:
                 body = encode(cmd_result_envelope(cmd.id, retval, self.module_id))

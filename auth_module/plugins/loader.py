@@ -118,8 +118,9 @@ def _build(entry: PluginConnection, station: Station, group: str, kind: str) -> 
                             f"{_describe(exc)}{_install_hint(entry.plugin, exc)}") from None
     missing = [m for m in _required_methods(group) if not callable(getattr(plugin, m, None))]
     if missing:
-        raise station.error(entry.key_path, f"{kind} plugin '{entry.plugin}' built a "
-                            f"{type(plugin).__name__} without {', '.join(missing)}()")
+        methods = " or ".join(f"{m}()" for m in missing)
+        raise station.error(entry.key_path, f"{kind} plugin '{entry.plugin}' returned an object "
+                            f"of type {type(plugin).__name__} that has no {methods}")
     return plugin
 
 
@@ -139,7 +140,8 @@ def _describe(exc: BaseException) -> str:
 
 def _install_hint(plugin: str, exc: BaseException) -> str:
     extra = _EXTRAS.get(plugin)
-    if extra and isinstance(exc, ImportError):
+    missing = getattr(exc, "name", None) or ""
+    if extra and isinstance(exc, ImportError) and not missing.startswith("auth_module"):
         return f" (install it with: pip install 'auth-module[{extra}]')"
     return ""
 
@@ -166,7 +168,9 @@ def _show(value: Any) -> str:
 
 def _option_problem(exc: ValidationError) -> tuple[str, str]:
     """The first error of a plugin's options as (``.key`` suffix, problem)."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # an unknown option first: a misspelt one is also why a required one seems missing
+    err = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
     loc, kind = tuple(err.get("loc", ())), err.get("type", "")
     if kind == "extra_forbidden":
         known = _known_options(exc)

@@ -23,6 +23,7 @@ or after it failed (a USB adapter pulled out and put back).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -163,8 +164,9 @@ class SerialProvider(ReaderProvider):
             return serial.serial_for_url(port, **kwargs)
         except serial.SerialException as exc:
             # pyserial's text repeats the port and the errno; keep it short
-            errno_text = getattr(exc, "strerror", None)
-            raise OSError(f"cannot open {port}: {errno_text or exc}") from None
+            errno = getattr(exc, "errno", None)
+            reason = os.strerror(errno) if isinstance(errno, int) else str(exc)
+            raise OSError(f"cannot open {port}: {reason}") from None
 
     def read_loop(self) -> None:
         ser = self._open()

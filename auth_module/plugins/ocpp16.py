@@ -1,0 +1,721 @@
+"""``ocpp16``: a validator that asks an OCPP 1.6J central system (CSMS) with ``Authorize``.
+
+The validator is a minimal OCPP 1.6J charge point of its own: it keeps one websocket to
+``{csms_url}/{charge_point_id}`` (subprotocol ``ocpp1.6``), sends ``BootNotification`` on
+each connection and ``Heartbeat`` at the interval the CSMS asks for, and sends
+``Authorize`` for every token it validates. Calls the CSMS makes to it are answered with
+the ``NotImplemented`` CALLERROR by the ``ocpp`` package.
+
+Threads. The ``ocpp`` package is asyncio-only, so the validator owns ONE event loop on ONE
+daemon thread; ``validate()`` (called from the module's worker threads) hands the
+``Authorize`` to that loop with :func:`asyncio.run_coroutine_threadsafe` and waits at most
+``timeout_s``. The authorization cache is shared by both sides and guarded by a lock.
+
+Offline answers (CSMS not connected, no answer within ``timeout_s``, a CALLERROR or an
+unusable answer) follow OCPP 1.6's ``LocalAuthorizeOffline`` and
+``AllowOfflineTxForUnknownId``; see :func:`offline_decision` and
+``docs/ocpp16-validator.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import structlog
+import websockets
+import yaml
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import ChargePoint as _OcppChargePoint
+from ocpp.v16 import call
+from ocpp.v16.enums import RegistrationStatus
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..types import (
+    AuthorizationStatus,
+    IdToken,
+    IdTokenType,
+    ProvidedIdToken,
+    ValidationResult,
+)
+from .base import PluginContext
+
+log = structlog.get_logger("ocpp16")
+
+# The ``ocpp`` package logs every frame it sends and receives at INFO, late answers and
+# unparsable frames with their payload at ERROR, and a traceback for each call of the
+# CSMS it has no handler for. Frames carry id tags (personal data), and our own log lines
+# already tell the connection state and every answer, so the package gets a logger of our
+# own that stays silent unless someone sets its level (``auth_module.plugins.ocpp16.wire``).
+_WIRE_LOG = logging.getLogger("auth_module.plugins.ocpp16.wire")
+if _WIRE_LOG.level == logging.NOTSET:
+    _WIRE_LOG.setLevel(logging.CRITICAL)
+
+SUBPROTOCOL = "ocpp1.6"
+MAX_ID_TAG_LENGTH = 20  # OCPP 1.6 idTag is a CiString20Type
+# OCPP 1.6 gives no type for parentIdTag; like EVerest's OCPP 1.6 module, call it Central.
+PARENT_TOKEN_TYPE = IdTokenType.Central
+CHARGE_POINT_VENDOR = "auth-module"
+CHARGE_POINT_MODEL = "ocpp16-validator"
+FIRST_RECONNECT_DELAY_S = 0.5
+MIN_CALL_TIMEOUT_S = 10.0  # BootNotification / Heartbeat wait at least this long
+BOOT_RETRY_DEFAULT_S = 10.0  # when a Pending/Rejected boot answer gives interval 0
+CLOSE_JOIN_S = 5.0
+CACHE_MAX_ENTRIES = 1000
+OCPP16_STATUSES = frozenset({
+    AuthorizationStatus.Accepted,
+    AuthorizationStatus.Blocked,
+    AuthorizationStatus.Expired,
+    AuthorizationStatus.Invalid,
+    AuthorizationStatus.ConcurrentTx,
+})
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_time(value: Any) -> datetime:
+    """An aware UTC datetime from an RFC 3339 text (or a datetime); naive means UTC."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        when = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    else:
+        raise ValueError(f"not a date-time: {value!r}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def format_time(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+class Ocpp16Options(BaseModel):
+    """The plugin's options, as written beside ``plugin: ocpp16`` in the station file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    csms_url: str
+    charge_point_id: str = Field(min_length=1, max_length=48)
+    timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    local_authorize_offline: bool = True
+    allow_offline_tx_for_unknown_id: bool = False
+    cache_file: str | None = None
+    reconnect_max_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    local_list: str | None = None
+
+    @field_validator("csms_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError("must start with ws:// or wss://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        return value.rstrip("/")
+
+    @field_validator("charge_point_id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if "/" in value or any(ch.isspace() for ch in value):
+            raise ValueError("must not contain '/' or white space")
+        return value
+
+
+# --- idTagInfo ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdTagInfo:
+    """What is known about one id tag: from the CSMS (``idTagInfo``) or the local list.
+
+    ``cacheable`` is false when the CSMS's expiryDate could not be read: such an answer is
+    passed on but never cached (its validity period is unknown).
+    """
+
+    status: AuthorizationStatus
+    expiry: datetime | None = None
+    parent_id_tag: str | None = None
+    evse_ids: tuple[int, ...] | None = None
+    cacheable: bool = True
+
+    def effective_status(self, now: datetime) -> AuthorizationStatus:
+        """The status at ``now``: an Accepted entry past its expiry is Expired."""
+        if (self.status == AuthorizationStatus.Accepted and self.expiry is not None
+                and self.expiry <= now):
+            return AuthorizationStatus.Expired
+        return self.status
+
+    def to_result(self, status: AuthorizationStatus | None = None) -> ValidationResult:
+        parent = (IdToken(value=self.parent_id_tag, type=PARENT_TOKEN_TYPE)
+                  if self.parent_id_tag else None)
+        return ValidationResult(
+            authorization_status=status or self.status,
+            expiry_time=format_time(self.expiry) if self.expiry is not None else None,
+            parent_id_token=parent,
+            evse_ids=list(self.evse_ids) if self.evse_ids is not None else None,
+        )
+
+
+def parse_id_tag_info(payload: Any) -> IdTagInfo:
+    """The ``idTagInfo`` of an ``Authorize.conf`` as the ``ocpp`` package hands it over.
+
+    The package converts the keys to snake_case but leaves nested objects as plain dicts:
+    ``{"status": ..., "expiry_date": ..., "parent_id_tag": ...}``.
+    """
+    if is_dataclass(payload) and not isinstance(payload, type):
+        payload = asdict(payload)
+    if not isinstance(payload, dict):
+        raise ValueError(f"idTagInfo is not an object: {payload!r}")
+    try:
+        status = AuthorizationStatus(str(payload["status"]))
+    except (KeyError, ValueError):
+        raise ValueError(f"idTagInfo has no usable status: {payload.get('status')!r}") from None
+    if status not in OCPP16_STATUSES:
+        raise ValueError(f"idTagInfo status {status.value!r} is not an OCPP 1.6 status")
+    expiry: datetime | None = None
+    cacheable = True
+    raw_expiry = payload.get("expiry_date")
+    if raw_expiry is not None:
+        try:
+            expiry = parse_time(raw_expiry)
+        except ValueError:
+            log.warning("ocpp16 unreadable expiryDate from the csms; answer not cached",
+                        expiry_date=raw_expiry)
+            cacheable = False
+    parent = payload.get("parent_id_tag")
+    return IdTagInfo(status=status, expiry=expiry, parent_id_tag=parent or None,
+                     cacheable=cacheable)
+
+
+# --- the authorization cache ----------------------------------------------------------------
+
+
+class AuthorizationCache:
+    """The id tags the CSMS answered, with their idTagInfo (OCPP 1.6 Authorization Cache).
+
+    Rules: an Accepted, Blocked, Expired or Invalid answer replaces the tag's entry (so a tag
+    the CSMS blocked is known to be blocked when offline, not "unknown"); a ConcurrentTx
+    answer leaves the entry as it is (it says the card is busy, not whether it is valid);
+    an answer whose expiry cannot be read removes the entry. An Accepted entry past its
+    expiry counts as Expired. Tags compare case-insensitively. When full, the oldest entry
+    that is not valid goes first, then the oldest valid one.
+
+    Read from the callers' threads and written from the event-loop thread: one lock.
+    With ``path`` the cache is kept in a JSON file (written on change, atomically).
+    """
+
+    def __init__(self, now: Callable[[], datetime] = _utcnow, path: Path | None = None,
+                 max_entries: int = CACHE_MAX_ENTRIES) -> None:
+        self._now = now
+        self._path = path
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[str, IdTagInfo]] = OrderedDict()
+        if path is not None:
+            self._load(path)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def lookup(self, id_tag: str) -> IdTagInfo | None:
+        """The stored entry (use :meth:`IdTagInfo.effective_status` for its status now)."""
+        with self._lock:
+            entry = self._entries.get(id_tag.casefold())
+            return entry[1] if entry is not None else None
+
+    def update(self, id_tag: str, info: IdTagInfo) -> None:
+        if info.status == AuthorizationStatus.ConcurrentTx:
+            return
+        if not info.cacheable:
+            self.remove(id_tag)
+            return
+        info = IdTagInfo(status=info.status, expiry=info.expiry,
+                         parent_id_tag=info.parent_id_tag)
+        key = id_tag.casefold()
+        with self._lock:
+            old = self._entries.get(key)
+            self._entries[key] = (id_tag, info)
+            self._entries.move_to_end(key)
+            self._evict()
+            if old is None or old[1] != info:
+                self._save()
+
+    def remove(self, id_tag: str) -> None:
+        with self._lock:
+            if self._entries.pop(id_tag.casefold(), None) is not None:
+                self._save()
+
+    def _evict(self) -> None:
+        now = self._now()
+        while len(self._entries) > self._max:
+            victim = next((k for k, (_, info) in self._entries.items()
+                           if info.effective_status(now) != AuthorizationStatus.Accepted),
+                          next(iter(self._entries)))
+            del self._entries[victim]
+
+    def _load(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("ocpp16 cache file unreadable; starting empty", file=str(path),
+                        error=str(exc))
+            return
+        try:
+            data = json.loads(text)
+            for item in data["entries"]:
+                info = IdTagInfo(
+                    status=AuthorizationStatus(item["status"]),
+                    expiry=parse_time(item["expiry"]) if item.get("expiry") else None,
+                    parent_id_tag=item.get("parent_id_tag") or None,
+                )
+                self._entries[str(item["id_tag"]).casefold()] = (str(item["id_tag"]), info)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._entries.clear()
+            log.warning("ocpp16 cache file broken; starting empty", file=str(path),
+                        error=repr(exc))
+
+    def _save(self) -> None:
+        """Write the file (called with the lock held)."""
+        if self._path is None:
+            return
+        data = {"version": 1, "entries": [
+            {"id_tag": id_tag, "status": info.status.value,
+             "expiry": format_time(info.expiry) if info.expiry is not None else None,
+             "parent_id_tag": info.parent_id_tag}
+            for id_tag, info in self._entries.values()]}
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".ocpp16-cache-", dir=self._path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            log.warning("ocpp16 cache file not written", file=str(self._path), error=str(exc))
+
+
+# --- the local list -------------------------------------------------------------------------
+
+
+class _LocalListEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id_token: str = Field(min_length=1)
+    status: AuthorizationStatus = AuthorizationStatus.Accepted
+    expiry: datetime | None = None
+    parent_id_token: str | None = None
+    evse_ids: list[int] | None = None
+
+    @field_validator("id_token", "parent_id_token", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def parse_local_list(text: str) -> dict[str, IdTagInfo]:
+    """An ``allow_list`` YAML file (CONTRACT §7) as id tag (case folded) -> IdTagInfo."""
+    data = yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("tokens", []), list):
+        raise ValueError("expected a mapping with a 'tokens' list")
+    unknown = set(data) - {"tokens"}
+    if unknown:
+        raise ValueError(f"unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+    entries: dict[str, IdTagInfo] = {}
+    for index, raw in enumerate(data.get("tokens") or []):
+        try:
+            entry = _LocalListEntry.model_validate(raw)
+        except ValidationError as exc:
+            problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
+                                for e in exc.errors())
+            raise ValueError(f"tokens[{index}]: {problem}") from None
+        key = entry.id_token.casefold()
+        if key in entries:
+            raise ValueError(f"tokens[{index}]: id_token {entry.id_token!r} listed twice")
+        entries[key] = IdTagInfo(
+            status=entry.status,
+            expiry=parse_time(entry.expiry) if entry.expiry is not None else None,
+            parent_id_tag=entry.parent_id_token or None,
+            evse_ids=tuple(entry.evse_ids) if entry.evse_ids is not None else None,
+        )
+    return entries
+
+
+class LocalList:
+    """The offline local list, read from an allow_list-format YAML file.
+
+    Read at start (a missing or broken file is an error then); afterwards re-read when the
+    file changes, and a broken edit keeps the last good list and is logged once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._stamp = self._stat()
+            self._entries = parse_local_list(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ValueError(f"local_list: {path}: {_one_line(exc)}") from None
+
+    def lookup(self, id_tag: str) -> IdTagInfo | None:
+        with self._lock:
+            self._refresh()
+            return self._entries.get(id_tag.casefold())
+
+    def _stat(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_mtime_ns, st.st_size
+
+    def _refresh(self) -> None:
+        try:
+            stamp = self._stat()
+        except OSError as exc:
+            stamp = (-1, -1)
+            if stamp != self._stamp:
+                log.warning("ocpp16 local list unreadable; keeping the last good list",
+                            file=str(self.path), error=str(exc))
+            self._stamp = stamp
+            return
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._entries = parse_local_list(self.path.read_text(encoding="utf-8"))
+            log.info("ocpp16 local list reloaded", file=str(self.path),
+                     entries=len(self._entries))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            log.warning("ocpp16 local list broken; keeping the last good list",
+                        file=str(self.path), error=_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --- the offline decision -------------------------------------------------------------------
+
+
+def offline_decision(
+    *,
+    local: IdTagInfo | None,
+    cached: IdTagInfo | None,
+    now: datetime,
+    local_authorize_offline: bool,
+    allow_offline_tx_for_unknown_id: bool,
+) -> tuple[ValidationResult, str]:
+    """The answer when the CSMS cannot answer, and the rule that gave it.
+
+    1. The tag's entry is the local list's if it has one, else the cache's (the local
+       list takes precedence over the cache, as in OCPP 1.6).
+    2. An entry whose status now is not Accepted (Blocked, Invalid, Expired, or Accepted
+       but past its expiry -> Expired) is answered with that status, whatever the flags:
+       OCPP 1.6 says such ids MUST be rejected, also under AllowOfflineTxForUnknownId.
+    3. A valid (Accepted, unexpired) entry with ``local_authorize_offline``: Accepted,
+       with the entry's expiry, parent and evse ids.
+    4. Otherwise the tag counts as unknown: ``allow_offline_tx_for_unknown_id`` -> Accepted
+       (nothing else), else Unknown, so that the next validators decide.
+
+    Rules: ``local-list``/``cache`` (2 or 3), ``unknown-allowed``, ``unknown``.
+    """
+    entry, source = (local, "local-list") if local is not None else (cached, "cache")
+    if entry is not None:
+        status = entry.effective_status(now)
+        if status != AuthorizationStatus.Accepted or local_authorize_offline:
+            return entry.to_result(status), source
+    if allow_offline_tx_for_unknown_id:
+        return ValidationResult(authorization_status=AuthorizationStatus.Accepted), \
+            "unknown-allowed"
+    return ValidationResult(authorization_status=AuthorizationStatus.Unknown), "unknown"
+
+
+# --- the validator --------------------------------------------------------------------------
+
+
+class _NotConnected(Exception):
+    pass
+
+
+class _ChargePoint(_OcppChargePoint):
+    """The ``ocpp`` package's 1.6 charge point; it answers nothing the CSMS asks."""
+
+
+class Ocpp16Validator:
+    """See the module docstring. Build it with :func:`create`."""
+
+    name = "ocpp16"
+
+    def __init__(self, options: Ocpp16Options, context: PluginContext, *,
+                 now: Callable[[], datetime] = _utcnow) -> None:
+        self.options = options
+        self._now = now
+        self.url = f"{options.csms_url}/{quote(options.charge_point_id, safe='')}"
+        base = Path(context.base_dir)
+        cache_path: Path | None = None
+        if options.cache_file:
+            cache_path = base / options.cache_file
+            if not cache_path.parent.is_dir():
+                raise ValueError(f"cache_file: directory {cache_path.parent} does not exist")
+        # Everything that can fail on the options happens before the thread starts.
+        self._local = LocalList(base / options.local_list) if options.local_list else None
+        self.cache = AuthorizationCache(now, cache_path)
+
+        self._online = threading.Event()
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._cp: _ChargePoint | None = None  # loop thread only
+        self._inflight: set[asyncio.Task[Any]] = set()  # loop thread only
+        self._loop = asyncio.new_event_loop()
+        # The ocpp package validates payloads on the loop's default executor: give it one
+        # we can shut down without waiting.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"ocpp16-{options.charge_point_id}-schema")
+        self._loop.set_default_executor(self._executor)
+        self._main = self._loop.create_task(self._keep_connected())
+        self._thread = threading.Thread(target=self._run_loop, daemon=True,
+                                        name=f"ocpp16-{options.charge_point_id}")
+        self._thread.start()
+
+    # -- caller side ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the websocket is open and the CSMS accepted our BootNotification."""
+        return self._online.is_set()
+
+    def validate(self, token: ProvidedIdToken) -> ValidationResult:
+        id_tag = token.id_token.value
+        if len(id_tag) > MAX_ID_TAG_LENGTH:
+            log.warning("ocpp16 token longer than an OCPP 1.6 idTag (20); Unknown", token=id_tag)
+            return ValidationResult(authorization_status=AuthorizationStatus.Unknown)
+        answer = self._ask_csms(id_tag)
+        if isinstance(answer, IdTagInfo):
+            log.info("ocpp16 csms answer", token=id_tag, status=answer.status.value)
+            return answer.to_result()
+        return self._offline(id_tag, answer)
+
+    def _ask_csms(self, id_tag: str) -> IdTagInfo | str:
+        """The CSMS's idTagInfo, or why there is none. Waits at most ``timeout_s``."""
+        timeout = self.options.timeout_s
+        if self._closed:
+            return "validator closed"
+        if not self._online.is_set():
+            return "not connected"
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._authorize(id_tag), self._loop)
+        except RuntimeError:  # the loop is closed
+            return "not connected"
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            return f"no answer within {timeout:g} s"
+        except concurrent.futures.CancelledError:
+            return "connection lost"
+        except _NotConnected:
+            return "not connected"
+        except OCPPError as exc:  # a CALLERROR, or an answer that fails the OCPP schema
+            return f"{exc.code}: {_one_line(exc.description or '')}"
+        except Exception as exc:
+            return f"unusable answer: {_one_line(exc)}"
+
+    def _offline(self, id_tag: str, reason: str) -> ValidationResult:
+        local = self._local.lookup(id_tag) if self._local is not None else None
+        result, rule = offline_decision(
+            local=local,
+            cached=self.cache.lookup(id_tag),
+            now=self._now(),
+            local_authorize_offline=self.options.local_authorize_offline,
+            allow_offline_tx_for_unknown_id=self.options.allow_offline_tx_for_unknown_id,
+        )
+        log.info("ocpp16 offline answer", token=id_tag, reason=reason, rule=rule,
+                 status=result.authorization_status.value)
+        return result
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._online.clear()
+        try:
+            self._loop.call_soon_threadsafe(self._main.cancel)
+        except RuntimeError:  # the loop already ended
+            pass
+        self._thread.join(timeout=CLOSE_JOIN_S)
+        if self._thread.is_alive():
+            log.warning("ocpp16 event loop did not stop in time", timeout_s=CLOSE_JOIN_S)
+        else:
+            log.info("ocpp16 closed", url=self.url)
+
+    # -- loop side -----------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a bug; the validator then answers offline
+            log.error("ocpp16 event loop failed", error=repr(exc))
+        finally:
+            self._online.clear()
+            try:
+                pending = asyncio.all_tasks(self._loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    self._loop.run_until_complete(
+                        asyncio.gather(*pending, return_exceptions=True))
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            finally:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._loop.close()
+
+    async def _authorize(self, id_tag: str) -> IdTagInfo:
+        cp = self._cp
+        if cp is None or not self._online.is_set():
+            raise _NotConnected
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            response = await asyncio.wait_for(
+                cp.call(call.Authorize(id_tag=id_tag), suppress=False),
+                self.options.timeout_s)
+        finally:
+            self._inflight.discard(task)
+        if response is None:  # cannot happen with suppress=False; be explicit anyway
+            raise ValueError("no Authorize.conf payload")
+        info = parse_id_tag_info(response.id_tag_info)
+        self.cache.update(id_tag, info)
+        return info
+
+    async def _keep_connected(self) -> None:
+        delay = min(FIRST_RECONNECT_DELAY_S, self.options.reconnect_max_s)
+        failures = 0
+        log.info("ocpp16 connecting", url=self.url)
+        while True:
+            try:
+                ws = await websockets.connect(self.url, subprotocols=[SUBPROTOCOL],
+                                              close_timeout=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused, DNS, TLS, HTTP status, open timeout, ...
+                event = "ocpp16 csms unreachable; retrying"
+                fields = {"url": self.url, "error": _one_line(exc), "retry_in_s": delay}
+                if failures == 0:
+                    log.warning(event, **fields)
+                else:
+                    log.debug(event, **fields)
+                failures += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.options.reconnect_max_s)
+                continue
+            failures = 0
+            reason = "closed"
+            was_online = False
+            try:
+                if ws.subprotocol != SUBPROTOCOL:
+                    reason = f"the csms did not agree to subprotocol {SUBPROTOCOL}"
+                else:
+                    reason = await self._session(ws)
+            finally:
+                was_online = self._online.is_set()
+                self._online.clear()
+                self._cp = None
+                for task in list(self._inflight):
+                    task.cancel()
+                try:
+                    await asyncio.wait_for(ws.close(), 2)
+                except Exception:  # noqa: S110 - closing a broken socket may fail; it's gone
+                    pass
+            if was_online:
+                delay = min(FIRST_RECONNECT_DELAY_S, self.options.reconnect_max_s)
+            log.warning("ocpp16 csms connection lost; reconnecting", url=self.url,
+                        reason=reason, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.options.reconnect_max_s)
+
+    async def _session(self, ws: Any) -> str:
+        """Run one connection until it ends; returns why it ended."""
+        cp = _ChargePoint(self.options.charge_point_id, ws,
+                          response_timeout=max(self.options.timeout_s, MIN_CALL_TIMEOUT_S),
+                          logger=_WIRE_LOG)
+        reader = asyncio.create_task(cp.start())
+        body = asyncio.create_task(self._boot_and_heartbeat(cp))
+        try:
+            done, _ = await asyncio.wait({reader, body}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, body):
+                task.cancel()
+            await asyncio.gather(reader, body, return_exceptions=True)
+        ended = reader if reader in done else body
+        exc = ended.exception()
+        return _one_line(exc) if exc is not None else "closed"
+
+    async def _boot_and_heartbeat(self, cp: _ChargePoint) -> None:
+        while True:
+            boot = await cp.call(call.BootNotification(
+                charge_point_model=CHARGE_POINT_MODEL,
+                charge_point_vendor=CHARGE_POINT_VENDOR), suppress=False)
+            if boot.status == RegistrationStatus.accepted:
+                break
+            retry = float(boot.interval) if boot.interval > 0 else BOOT_RETRY_DEFAULT_S
+            log.warning("ocpp16 boot notification not accepted; offline until it is",
+                        url=self.url, status=str(boot.status), retry_in_s=retry)
+            await asyncio.sleep(retry)
+        interval = int(boot.interval)
+        self._cp = cp
+        self._online.set()
+        log.info("ocpp16 csms connected", url=self.url, heartbeat_s=interval)
+        if interval <= 0:
+            await asyncio.Future()  # no heartbeat asked for: run until cancelled
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await cp.call(call.Heartbeat(), suppress=False)
+            except (TimeoutError, OCPPError) as exc:
+                log.debug("ocpp16 heartbeat failed", url=self.url, error=_one_line(exc))
+
+
+def create(options: dict[str, Any], context: PluginContext) -> Ocpp16Validator:
+    """The entry point ``ocpp16``: check the options, then connect in the background.
+
+    Bad options raise :class:`pydantic.ValidationError` or :class:`ValueError`.
+    """
+    return Ocpp16Validator(Ocpp16Options.model_validate(options), context)
+
+
+__all__ = [
+    "AuthorizationCache",
+    "IdTagInfo",
+    "LocalList",
+    "Ocpp16Options",
+    "Ocpp16Validator",
+    "create",
+    "offline_decision",
+    "parse_id_tag_info",
+    "parse_local_list",
+]
