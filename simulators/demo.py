@@ -259,8 +259,10 @@ class Observer:
         with self._cond:
             return len(self.records)
 
-    def wait(self, pred: Callable[[Record], bool], since: int, timeout: float
-             ) -> tuple[int, Record] | tuple[None, None]:
+    def wait(self, pred: Callable[[Record], bool], since: int, timeout: float,
+             alive: Callable[[], bool] | None = None) -> tuple[int, Record] | tuple[None, None]:
+        """The first record from index ``since`` on that satisfies ``pred``; (None, None)
+        after ``timeout`` or as soon as ``alive()`` (the module still runs) is false."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -268,7 +270,7 @@ class Observer:
                     if pred(self.records[i]):
                         return i, self.records[i]
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (alive is not None and not alive()):
                     return None, None
                 self._cond.wait(min(left, 0.2))
 
@@ -332,9 +334,9 @@ class Demo:
 
     # --- printing ------------------------------------------------------------------------
 
-    def pause(self, factor: float = 1.0) -> None:
+    def pause(self) -> None:
         if self.pause_s > 0:
-            time.sleep(self.pause_s * factor)
+            time.sleep(self.pause_s)
 
     def scene(self, total: int, title: str) -> None:
         self.scene_no += 1
@@ -359,6 +361,9 @@ class Demo:
 
     def evse(self, n: int) -> Any:
         return self.station.evse(n)
+
+    def module_alive(self) -> bool:
+        return self.proc.poll() is None
 
     def call(self, impl: str, cmd: str, args: dict[str, Any]) -> Any:
         return self.obs.bus.call(self.module_id, impl, cmd, args, timeout=DEADLINE_S)
@@ -410,10 +415,14 @@ class Demo:
             left = deadline - time.monotonic()
             i, rec = self.obs.wait(lambda r: r.kind == "status"
                                    and _token_value(r.value).casefold() == token.casefold(),
-                                   idx, max(left, 0.0))
+                                   idx, max(left, 0.0), alive=self.module_alive)
             if rec is None:
-                self.unexpected(f"the module published no final status for {token} within "
-                                f"{timeout:g} s (expected {want})")
+                if not self.module_alive():
+                    self.unexpected(f"the auth module has exited ({_exit_text(self.proc)}); "
+                                    f"no final status for {token}")
+                else:
+                    self.unexpected(f"the module published no final status for {token} "
+                                    f"within {timeout:g} s (expected {want})")
                 return None
             idx = i + 1
             status = str(rec.value.get("status"))
@@ -476,6 +485,8 @@ class Demo:
             return
         self._scene_trouble = False
         try:
+            if not self.module_alive():
+                raise RuntimeError("the module is gone: nothing to withdraw")
             self.call("main", "withdraw_authorization", {"request": {}})
             if self.reservation_placed:
                 self.call("reservation", "cancel_reservation",
@@ -503,9 +514,9 @@ class Demo:
         from auth_module.bus import BusError
 
         for title, play in scenes:
-            if self.proc.poll() is not None:
+            if not self.module_alive():
                 self.unexpected_count += 1
-                out(f"unexpected: the auth module exited with status {self.proc.returncode}; "
+                out(f"unexpected: the auth module has exited ({_exit_text(self.proc)}); "
                     f"the remaining scenes are skipped (see {self.log_path})")
                 return
             self.scene(len(scenes), title)
@@ -629,7 +640,8 @@ class Demo:
         starts = {2: len(self.evse(2).received)}
         mark = self.swipe("VALID_RFID_1", connectors=[2])
         msg = self.follow("VALID_RFID_1", mark, "Rejected",
-                          {"Rejected": "EVSE 2 is reserved for another card"})
+                          {"Processing": "the module has the card; it may be used at EVSE 2 only",
+                           "Rejected": "EVSE 2 is reserved for another card"})
         if msg is None:
             return
         time.sleep(0.3)
@@ -667,6 +679,16 @@ class Demo:
             self.unexpected(f"exists_reservation answered {check}, expected NotReserved")
         self.step("The driver finishes and unplugs.")
         self.plug_out(2, "EVSE 2 is free again")
+
+
+def _exit_text(proc: subprocess.Popen[bytes]) -> str:
+    code = proc.returncode
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def _auth_text(args: dict[str, Any]) -> str:
@@ -792,6 +814,7 @@ class _Run:
         self.sim_log: Any = None
         self.demo: Demo | None = None
         self.module_id = "auth"
+        self.module_ready = False
 
     def shutdown(self) -> bool:
         """Stop everything; True if the module exited 0 (or never ran)."""
@@ -805,7 +828,8 @@ class _Run:
             except Exception:
                 pass
         if self.proc is not None:
-            if self.proc.poll() is None:
+            sent = self.proc.poll() is None
+            if sent:
                 self.proc.send_signal(signal.SIGTERM)
                 try:
                     self.proc.wait(timeout=10)
@@ -817,11 +841,15 @@ class _Run:
                     ok = False
             code = self.proc.returncode
             if ok:
-                if code == 0:
+                if code == 0 and sent:
                     out("The auth module stopped on SIGTERM with exit status 0.")
+                elif sent and not self.module_ready and code == -signal.SIGTERM:
+                    # SIGTERM while Python was still starting, before the module's handler
+                    out("The auth module, still starting, was stopped with SIGTERM.")
                 else:
-                    out(f"unexpected: the auth module exited with status {code} "
-                        f"(see {Path(self.module_log.name).resolve()})")
+                    when = "on SIGTERM" if sent else "before the end of the demo"
+                    out(f"unexpected: the auth module ended {when} ({_exit_text(self.proc)}); "
+                        f"see {Path(self.module_log.name).resolve()}")
                     ok = False
         if self.module_log is not None:
             self.module_log.close()
@@ -896,10 +924,11 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     if not observer.wait_ready(seen, READY_DEADLINE_S, lambda: run.proc.poll() is None):
         if run.proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise DemoError(f"the auth module exited with status {run.proc.returncode} before "
-                            f"it was ready: {' | '.join(tail) or '(no output)'}")
+            raise DemoError(f"the auth module ended ({_exit_text(run.proc)}) before it was "
+                            f"ready: {' | '.join(tail) or '(no output)'}")
         raise DemoError(f"the auth module did not publish ready within {READY_DEADLINE_S:g} s "
                         f"(see {log_path})")
+    run.module_ready = True
     out(f"Module: ready after {time.monotonic() - started:.1f} s (it asked both EVSE "
         f"managers get_evse and now handles cards).")
 
@@ -918,6 +947,10 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     except Exception as exc:
         out(f"Note: could not check for left-over reservations ({type(exc).__name__}).")
 
+    out()
+    out("How to read it: [n.m] is a step the demo plays; 'auth -> ...' is what the auth module "
+        "published or sent (token_validation_status, reservation_update, commands to the "
+        "EVSEs); 'EVSE n -> ...' are the session events that EVSE reported.")
     run.demo = demo = Demo(run.station, observer, run.proc, info.module_id,
                            connection_timeout, pause, pace, log_path)
     demo.run()

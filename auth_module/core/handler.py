@@ -155,8 +155,6 @@ class AuthHandler:
         else:
             results = self._validate(request.token)
         with self._lock:
-            if request.withdrawn:
-                return self._finish(request, TokenOutcome.WITHDRAWN)
             outcome = self._after_validation(request, results)
             if outcome == TokenOutcome.PENDING:
                 return outcome
@@ -279,6 +277,8 @@ class AuthHandler:
                 if result.parent_id_token is not None:
                     token.parent_id_token = result.parent_id_token
                 self._publish(token, TokenValidationStatus.Accepted, result.tariff_messages)
+                if request.withdrawn:  # withdrawn while its validators were asked
+                    return TokenOutcome.WITHDRAWN
                 pool = self._selection_pool(request.candidates, result)
                 chosen = select_evse(self.settings.selection_algorithm, pool, self.evses,
                                      self._plug_in_queue)

@@ -63,7 +63,7 @@ class TokenRequest:
         default_factory=lambda: ValidationResult(authorization_status=AuthorizationStatus.Unknown)
     )
     authorized: bool = False
-    withdrawn: bool = False  # withdrawn while its validators were still being asked
+    withdrawn: bool = False  # withdrawn while its validators were asked: ends at selection
     waiting_for: list[int] | None = None  # parked for a plug-in among these EVSEs
     wait_timer: TimerHandle | None = None
     outcome: TokenOutcome | None = None

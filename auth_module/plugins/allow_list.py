@@ -47,7 +47,14 @@ import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..types import AuthorizationStatus, IdToken, IdTokenType, ProvidedIdToken, ValidationResult, to_wire
+from ..types import (
+    AuthorizationStatus,
+    IdToken,
+    IdTokenType,
+    ProvidedIdToken,
+    ValidationResult,
+    to_wire,
+)
 from .base import PluginContext
 from .loader import PluginError, one_line, register_options_model
 

@@ -162,7 +162,11 @@ class HidProvider(ReaderProvider):
                 ready, _, _ = select.select([device.fd], [], [], self.poll_s)
                 if not ready:
                     continue
-                for event in device.read():  # OSError (ENODEV) when unplugged
+                try:
+                    events = list(device.read())  # OSError (ENODEV) when unplugged
+                except BlockingIOError:
+                    continue
+                for event in events:
                     uid = decoder.feed(*_event_fields(event))
                     if uid is not None:
                         self.emit(uid)

@@ -18,8 +18,9 @@ How a factory refuses its options, so that the line names the right key:
 
 Once built, every plugin is wrapped so that one that misbehaves while running is reported
 in one log line and cannot take the module down: a provider whose ``start``/``close``
-raises or whose callback fails is logged; a validator that raises still raises (the bus
-ports count it as ``Unknown``), and one that answers a plain dict is converted.
+raises or whose callback fails is logged; a validator that raises still raises, with its
+message made one line (the bus ports log it and count it as ``Unknown``), and one that
+answers a plain dict is converted.
 """
 
 from __future__ import annotations
@@ -213,7 +214,17 @@ class GuardedValidator:
         self.name = name
 
     def validate(self, token: ProvidedIdToken) -> ValidationResult:
-        result = self.plugin.validate(token)
+        try:
+            result = self.plugin.validate(token)
+        except Exception as exc:  # the caller logs it; make sure that is one line
+            flat = one_line(str(exc))
+            if flat == str(exc):
+                raise
+            try:
+                same_kind = type(exc)(flat)
+            except Exception:
+                same_kind = RuntimeError(f"{type(exc).__name__}: {flat}")
+            raise same_kind from None
         if isinstance(result, ValidationResult):
             return result
         return ValidationResult.model_validate(result)  # a dict; malformed -> Unknown upstream

@@ -36,12 +36,11 @@ from urllib.parse import quote, urlsplit
 
 import structlog
 import websockets
-import yaml
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import ChargePoint as _OcppChargePoint
 from ocpp.v16 import call
 from ocpp.v16.enums import RegistrationStatus
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..types import (
     AuthorizationStatus,
@@ -50,7 +49,9 @@ from ..types import (
     ProvidedIdToken,
     ValidationResult,
 )
+from .allow_list import TokenEntry, TokensFile, TokensFileError
 from .base import PluginContext
+from .loader import PluginError, register_options_model
 
 log = structlog.get_logger("ocpp16")
 
@@ -107,6 +108,11 @@ def format_time(when: datetime) -> str:
 # --- options ------------------------------------------------------------------------------
 
 
+class OptionError(PluginError, ValueError):
+    """An option the validator cannot use; ``option`` names it for the loader's line."""
+
+
+@register_options_model
 class Ocpp16Options(BaseModel):
     """The plugin's options, as written beside ``plugin: ocpp16`` in the station file."""
 
@@ -318,96 +324,33 @@ class AuthorizationCache:
 # --- the local list -------------------------------------------------------------------------
 
 
-class _LocalListEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id_token: str = Field(min_length=1)
-    status: AuthorizationStatus = AuthorizationStatus.Accepted
-    expiry: datetime | None = None
-    parent_id_token: str | None = None
-    evse_ids: list[int] | None = None
-
-    @field_validator("id_token", "parent_id_token", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def parse_local_list(text: str) -> dict[str, IdTagInfo]:
-    """An ``allow_list`` YAML file (CONTRACT §7) as id tag (case folded) -> IdTagInfo."""
-    data = yaml.safe_load(text)
-    if data is None:
-        return {}
-    if not isinstance(data, dict) or not isinstance(data.get("tokens", []), list):
-        raise ValueError("expected a mapping with a 'tokens' list")
-    unknown = set(data) - {"tokens"}
-    if unknown:
-        raise ValueError(f"unknown key(s): {', '.join(sorted(map(str, unknown)))}")
-    entries: dict[str, IdTagInfo] = {}
-    for index, raw in enumerate(data.get("tokens") or []):
-        try:
-            entry = _LocalListEntry.model_validate(raw)
-        except ValidationError as exc:
-            problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
-                                for e in exc.errors())
-            raise ValueError(f"tokens[{index}]: {problem}") from None
-        key = entry.id_token.casefold()
-        if key in entries:
-            raise ValueError(f"tokens[{index}]: id_token {entry.id_token!r} listed twice")
-        entries[key] = IdTagInfo(
-            status=entry.status,
-            expiry=parse_time(entry.expiry) if entry.expiry is not None else None,
-            parent_id_tag=entry.parent_id_token or None,
-            evse_ids=tuple(entry.evse_ids) if entry.evse_ids is not None else None,
-        )
-    return entries
-
-
 class LocalList:
-    """The offline local list, read from an allow_list-format YAML file.
+    """The offline local list: an ``allow_list`` file (YAML, or CSV by its ``.csv`` name).
 
-    Read at start (a missing or broken file is an error then); afterwards re-read when the
-    file changes, and a broken edit keeps the last good list and is logged once.
+    Read with the ``allow_list`` plugin's own loader: it must load at start; afterwards it
+    is read again when it changes, and a broken edit keeps the last good list (logged once).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._file = TokensFile(path, interval_s=0)  # changes are looked for at each use
         try:
-            self._stamp = self._stat()
-            self._entries = parse_local_list(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise ValueError(f"local_list: {path}: {_one_line(exc)}") from None
+            self._file.load()
+        except TokensFileError as exc:
+            raise OptionError(_one_line(exc), option="local_list") from None
 
     def lookup(self, id_tag: str) -> IdTagInfo | None:
-        with self._lock:
-            self._refresh()
-            return self._entries.get(id_tag.casefold())
+        entry = self._file.tokens().get(id_tag.casefold())
+        return _from_entry(entry) if entry is not None else None
 
-    def _stat(self) -> tuple[int, int]:
-        st = self.path.stat()
-        return st.st_mtime_ns, st.st_size
 
-    def _refresh(self) -> None:
-        try:
-            stamp = self._stat()
-        except OSError as exc:
-            stamp = (-1, -1)
-            if stamp != self._stamp:
-                log.warning("ocpp16 local list unreadable; keeping the last good list",
-                            file=str(self.path), error=str(exc))
-            self._stamp = stamp
-            return
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self._entries = parse_local_list(self.path.read_text(encoding="utf-8"))
-            log.info("ocpp16 local list reloaded", file=str(self.path),
-                     entries=len(self._entries))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            log.warning("ocpp16 local list broken; keeping the last good list",
-                        file=str(self.path), error=_one_line(exc))
+def _from_entry(entry: TokenEntry) -> IdTagInfo:
+    return IdTagInfo(
+        status=entry.status,
+        expiry=entry.expiry,
+        parent_id_tag=entry.parent_id_token or None,
+        evse_ids=tuple(entry.evse_ids) if entry.evse_ids is not None else None,
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -476,7 +419,8 @@ class Ocpp16Validator:
         if options.cache_file:
             cache_path = base / options.cache_file
             if not cache_path.parent.is_dir():
-                raise ValueError(f"cache_file: directory {cache_path.parent} does not exist")
+                raise OptionError(f"directory {cache_path.parent} does not exist",
+                                  option="cache_file")
         # Everything that can fail on the options happens before the thread starts.
         self._local = LocalList(base / options.local_list) if options.local_list else None
         self.cache = AuthorizationCache(now, cache_path)
@@ -703,7 +647,8 @@ class Ocpp16Validator:
 def create(options: dict[str, Any], context: PluginContext) -> Ocpp16Validator:
     """The entry point ``ocpp16``: check the options, then connect in the background.
 
-    Bad options raise :class:`pydantic.ValidationError` or :class:`ValueError`.
+    Bad options raise :class:`pydantic.ValidationError` or :class:`OptionError` (both
+    are ValueErrors; the loader turns either into one line naming the option).
     """
     return Ocpp16Validator(Ocpp16Options.model_validate(options), context)
 
@@ -714,8 +659,8 @@ __all__ = [
     "LocalList",
     "Ocpp16Options",
     "Ocpp16Validator",
+    "OptionError",
     "create",
     "offline_decision",
     "parse_id_tag_info",
-    "parse_local_list",
 ]

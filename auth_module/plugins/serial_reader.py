@@ -52,7 +52,8 @@ def rdm6300_frame(uid: str, checksum: int | None = None) -> bytes:
         check ^= b
     if checksum is not None:
         check = checksum
-    return bytes([STX]) + uid.upper().encode("ascii") + f"{check:02X}".encode("ascii") + bytes([ETX])
+    body = uid.upper().encode("ascii") + f"{check:02X}".encode("ascii")
+    return bytes([STX]) + body + bytes([ETX])
 
 
 class Rdm6300Decoder:

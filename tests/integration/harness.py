@@ -84,16 +84,24 @@ class ScriptedEvse:
         self.bus = bus_factory(module_id)
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.reserve_answer = True
+        #: test hook, run (once per call) before ``get_evse`` is answered: lets a test publish
+        #: something the module must receive before it knows its EVSEs (e.g. a fault)
+        self.before_get_evse: Callable[[], None] | None = None
         self._lock = threading.Lock()
         answers: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "get_evse": lambda a: {"id": self.evse_id,
-                                   "connectors": [{"id": c, "type": t} for c, t in self.connectors]},
+            "get_evse": self._answer_get_evse,
             "reserve": lambda a: self.reserve_answer,
             "stop_transaction": lambda a: True,
         }
         for name in ("get_evse", "authorize_response", "withdraw_authorization", "reserve",
                      "cancel_reservation", "stop_transaction"):
             self.bus.provide_command("evse", name, self._recorder(name, answers.get(name)))
+
+    def _answer_get_evse(self, _args: dict[str, Any]) -> dict[str, Any]:
+        if self.before_get_evse is not None:
+            self.before_get_evse()
+        return {"id": self.evse_id,
+                "connectors": [{"id": c, "type": t} for c, t in self.connectors]}
 
     def _recorder(self, name: str, answer: Callable[[dict[str, Any]], Any] | None
                   ) -> Callable[[dict[str, Any]], Any]:
@@ -292,3 +300,103 @@ class Rig:
             elif cmd in ("withdraw_authorization", "stop_transaction"):
                 state = False
         return state
+
+
+# --- raw MQTT access (additive helpers) ---------------------------------------------------------
+
+
+class RawClient:
+    """A plain paho client: records every message on its filters and publishes any bytes.
+
+    For tests that must see the exact envelopes on the wire or send malformed ones. It
+    reconnects quickly (``reconnect_max_s``) and renews its subscriptions on each connect.
+    With ``clean_session=False`` (and a fixed ``client_id``) a broker that keeps sessions
+    queues QoS 1 messages for it while it is away.
+    """
+
+    def __init__(self, host: str, port: int, filters: tuple[str, ...] = ("everest/#",),
+                 reconnect_max_s: float = 0.2, client_id: str | None = None,
+                 clean_session: bool = True) -> None:
+        import json
+        import uuid
+
+        import paho.mqtt.client as mqtt
+
+        self._json = json
+        self._mqtt_mod = mqtt
+        self.filters = filters
+        self.messages: list[tuple[float, str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id or f"raw-{uuid.uuid4().hex[:12]}",
+                                   clean_session=clean_session, protocol=mqtt.MQTTv311)
+        self._client.reconnect_delay_set(0.02, reconnect_max_s)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *a: self._subscribed.set()
+        self._client.on_disconnect = lambda *a: self._subscribed.clear()
+        self._client.on_message = self._on_message
+        self.host, self.port = host, port
+
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload)))
+
+    def start(self, timeout: float = DEADLINE_S) -> RawClient:
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        self.wait_subscribed(timeout)
+        return self
+
+    def wait_subscribed(self, timeout: float = DEADLINE_S) -> None:
+        assert self._subscribed.wait(timeout), "raw client not subscribed"
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
+
+    def stop(self) -> None:
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None:
+        if isinstance(payload, dict):
+            payload = self._json.dumps(payload)
+        info = self._client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(DEADLINE_S)
+
+    def snapshot(self) -> list[tuple[float, str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def on(self, topic: str) -> list[bytes]:
+        """The payloads received on exactly ``topic``, in order."""
+        return [p for _t, tp, p in self.snapshot() if tp == topic]
+
+    def response(self, topic: str, call_id: str, timeout: float = DEADLINE_S) -> dict[str, Any]:
+        """Wait for the CmdResult with ``data.data.id == call_id`` on ``topic``; return it."""
+        def find() -> dict[str, Any] | None:
+            for payload in self.on(topic):
+                try:
+                    env = self._json.loads(payload)
+                    if env["data"]["data"]["id"] == call_id:
+                        return env
+                except (ValueError, KeyError, TypeError):
+                    continue
+            return None
+        return wait_until(find, timeout, f"answer {call_id} on {topic}")
+
+    def call(self, module_id: str, impl: str, cmd: str, args: Any, *, call_id: str,
+             origin: str = "tester", prefix: str = "everest/",
+             timeout: float = DEADLINE_S) -> dict[str, Any]:
+        """Publish a Cmd envelope and return the whole answer envelope."""
+        topic = f"{prefix}modules/{module_id}/impl/{impl}/cmd/{cmd}"
+        self.publish(topic, {"msg_type": "Cmd",
+                             "data": {"id": call_id, "args": args, "origin": origin}})
+        return self.response(f"{topic}/response/{origin}", call_id, timeout)

@@ -930,9 +930,7 @@ def test_withdraw_authorization(station: Callable[..., Station]) -> None:
 
 @pytest.mark.parametrize("withdrawn_while", [
     "waiting_for_plug_in",
-    pytest.param("validating", marks=pytest.mark.xfail(strict=True, reason=(
-        "module bug: a token withdrawn while its validators are asked ends [Processing, "
-        "Withdrawn]; EVerest publishes Accepted first ([Processing, Accepted, Withdrawn])"))),
+    "validating",
 ])
 def test_withdraw_authorization_while_waiting_for_ev_plugin(
     station: Callable[..., Station], withdrawn_while: str

@@ -563,7 +563,8 @@ def test_withdraw_pending_token_by_evse_id(auth: AuthHandler, ports: RecordingPo
 
 
 def test_withdraw_while_validating(auth: AuthHandler, ports: RecordingPorts) -> None:
-    """A withdrawal arriving while the validators are asked ends the token Withdrawn once they answer."""
+    """A withdrawal arriving while the validators are asked ends the token Withdrawn when it
+    would select an EVSE: Accepted first, as EVerest publishes it."""
     answers: list[WithdrawAuthorizationResult] = []
 
     def validator(token: ProvidedIdToken) -> list[ValidationResult]:
@@ -574,8 +575,21 @@ def test_withdraw_while_validating(auth: AuthHandler, ports: RecordingPorts) -> 
     ports.validate_fn = validator
     assert auth.on_token(make_token(VALID_TOKEN_1, [1])) == O.WITHDRAWN
     assert answers == [WithdrawAuthorizationResult.Accepted]
-    assert ports.statuses_of(VALID_TOKEN_1) == [PROCESSING, WITHDRAWN]
+    assert ports.statuses_of(VALID_TOKEN_1) == [PROCESSING, ACCEPTED, WITHDRAWN]
     assert ports.authorize_responses == []
+
+
+def test_withdrawn_while_validating_but_rejected_ends_rejected(
+        auth: AuthHandler, ports: RecordingPorts) -> None:
+    """A withdrawn token that no validator accepts ends Rejected: the withdrawal had nothing
+    to take back."""
+    def validator(token: ProvidedIdToken) -> list[ValidationResult]:
+        auth.withdraw_authorization(WithdrawAuthorizationRequest(id_token=id_token(token.id_token.value)))
+        return [invalid()]
+
+    ports.validate_fn = validator
+    assert auth.on_token(make_token(VALID_TOKEN_1, [1])) == O.REJECTED
+    assert ports.statuses_of(VALID_TOKEN_1) == [PROCESSING, REJECTED]
 
 
 def test_withdraw_request_is_not_kept(auth: AuthHandler, ports: RecordingPorts) -> None:

@@ -5,6 +5,7 @@ time is an injected clock."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from auth_module.plugins.ocpp16 import (
     IdTagInfo,
     LocalList,
     Ocpp16Options,
+    OptionError,
     create,
     offline_decision,
     parse_id_tag_info,
-    parse_local_list,
 )
 from auth_module.types import AuthorizationStatus, IdToken, IdTokenType
 
@@ -187,29 +188,27 @@ tokens:
     status: Blocked
   - id_token: LOCAL_OLD
     expiry: 2025-01-01T00:00:00Z
-  - id_token: 12345678
 """
 
 
-def test_local_list_parses_the_allow_list_format():
-    entries = parse_local_list(LOCAL_YAML)
-    assert entries["local_ok"] == IdTagInfo(S.Accepted, parent_id_tag="GROUP", evse_ids=(1, 2))
-    assert entries["local_blocked"].status == S.Blocked
-    assert entries["local_old"].expiry == datetime(2025, 1, 1, tzinfo=UTC)
-    assert "12345678" in entries
-    assert parse_local_list("") == {} and parse_local_list("tokens: []") == {}
+def test_local_list_maps_allow_list_entries(tmp_path):
+    path = tmp_path / "local.yaml"
+    path.write_text(LOCAL_YAML)
+    local = LocalList(path)
+    assert local.lookup("Local_Ok") == IdTagInfo(S.Accepted, parent_id_tag="GROUP",
+                                                 evse_ids=(1, 2))
+    assert local.lookup("LOCAL_BLOCKED") == IdTagInfo(S.Blocked)
+    assert local.lookup("local_old") == IdTagInfo(S.Accepted,
+                                                  expiry=datetime(2025, 1, 1, tzinfo=UTC))
+    assert local.lookup("nobody") is None
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("tokens:\n  - id_token: A\n    stauts: Blocked\n", "stauts"),
-    ("tokens:\n  - id_token: A\n    status: Fine\n", "status"),
-    ("tokens:\n  - id_token: A\n  - id_token: a\n", "twice"),
-    ("[1, 2]", "mapping"),
-    ("tokens: []\nextra: 1\n", "extra"),
-])
-def test_local_list_refuses_mistakes(text, problem):
-    with pytest.raises(ValueError, match=problem):
-        parse_local_list(text)
+def test_local_list_may_be_csv(tmp_path):
+    path = tmp_path / "local.csv"
+    path.write_text("id_token,status,evse_ids\nCSV_1,Blocked,\nCSV_2,,2\n")
+    local = LocalList(path)
+    assert local.lookup("csv_1") == IdTagInfo(S.Blocked)
+    assert local.lookup("csv_2") == IdTagInfo(S.Accepted, evse_ids=(2,))
 
 
 def test_local_list_reloads_on_change_and_keeps_the_last_good_list(tmp_path):
@@ -218,19 +217,24 @@ def test_local_list_reloads_on_change_and_keeps_the_last_good_list(tmp_path):
     local = LocalList(path)
     assert local.lookup("a") is not None
     path.write_text("tokens:\n  - id_token: A\n  - id_token: BB\n")
-    assert local.lookup("BB") is not None  # size changed: re-read
+    assert local.lookup("BB") is not None  # size changed: read again
     path.write_text("tokens: [oops\n")
-    assert local.lookup("BB") is not None  # broken edit: last good list
+    assert local.lookup("BB") is not None  # broken edit: the last good list
     path.unlink()
     assert local.lookup("A") is not None
 
 
-def test_local_list_missing_or_broken_at_start_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="local_list"):
-        LocalList(tmp_path / "nope.yaml")
-    (tmp_path / "bad.yaml").write_text("tokens: [oops\n")
-    with pytest.raises(ValueError, match="local_list"):
-        LocalList(tmp_path / "bad.yaml")
+@pytest.mark.parametrize("content", [None, "tokens: [oops\n",
+                                     "tokens:\n  - id_token: A\n    stauts: Blocked\n"])
+def test_local_list_unusable_at_start_is_an_option_error(tmp_path, content):
+    path = tmp_path / "local.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(OptionError) as caught:
+        LocalList(path)
+    assert caught.value.option == "local_list"
+    assert isinstance(caught.value, ValueError)
+    assert "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------- offline table
@@ -316,12 +320,16 @@ def test_bad_options_name_the_option(change, field):
 
 def test_create_refuses_bad_files_before_starting(tmp_path):
     ctx = PluginContext(base_dir=tmp_path)
-    with pytest.raises(ValueError, match="local_list"):
+    before = threading.active_count()
+    with pytest.raises(OptionError, match="missing.yaml") as caught:
         create({**GOOD, "local_list": "missing.yaml"}, ctx)
-    with pytest.raises(ValueError, match="cache_file"):
+    assert caught.value.option == "local_list"
+    with pytest.raises(OptionError, match="does not exist") as caught:
         create({**GOOD, "cache_file": "no/such/dir/cache.json"}, ctx)
+    assert caught.value.option == "cache_file"
     with pytest.raises(ValueError, match="csms_url"):
         create({"charge_point_id": "CP001"}, ctx)
+    assert threading.active_count() == before  # no loop thread left behind
 
 
 def test_bad_options_are_a_value_error(tmp_path):

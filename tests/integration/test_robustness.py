@@ -1,0 +1,344 @@
+"""The module under things going wrong: the broker restarting, validators failing, hanging,
+answering late or missing, an EVSE manager going silent, bursts of tokens, and its log.
+
+Every test runs ``auth-module --config`` as its own process over a real mosquitto.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.broker import Mosquitto
+
+from .harness import DEADLINE_S, RawClient, Rig, ValidatorSpec, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+P = "everest/"
+MID = "auth"
+READY = f"{P}modules/{MID}/ready"
+VALID_1, VALID_2 = "VALID_RFID_1", "VALID_RFID_2"
+FINAL = {"Rejected", "TimedOut", "UsedToStart", "UsedToStop", "Withdrawn"}
+VALIDATOR_S = 1.0
+MARGIN_S = 4.0  # on top of the validator bound: a loaded machine must not fail a correct module
+
+
+def log_records(rig: Rig) -> list[dict[str, Any]]:
+    out = []
+    for line in rig.module_log().splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def event_text(record: dict[str, Any]) -> str:
+    return str(record.get("event", "")).lower()
+
+
+@pytest.fixture
+def rigs() -> Iterator[list[Rig]]:
+    """Rigs to stop after the test, whatever happened."""
+    made: list[Rig] = []
+    yield made
+    for rig in made:
+        rig.stop()
+
+
+def all_buses_connected(rig: Rig) -> bool:
+    sims = [*rig.evses, *rig.validators, rig.provider]
+    return rig.observer.connected and all(s.bus.connected for s in sims)
+
+
+# --- the broker goes away and comes back -------------------------------------------------------
+
+
+def test_broker_restart_reconnects_resubscribes_and_republishes_ready(
+        tmp_path: Path, rigs: list[Rig]) -> None:
+    broker = Mosquitto()
+    # Keep sessions across the restart, so a persistent raw subscriber gets the module's
+    # second ready even if the module reconnects before the subscriber does.
+    conf = broker.conf_path.read_text().replace(
+        "persistence false", f"persistence true\npersistence_location {tmp_path}/")
+    broker.conf_path.write_text(conf)
+    raw: RawClient | None = None
+    try:
+        broker.start()
+        rig = Rig(broker, tmp_path, scripted=True,
+                  validators=[ValidatorSpec("validator", tokens=[{"id_token": VALID_1}])],
+                  config={"connection_timeout": 30})
+        rigs.append(rig)
+        rig.start()
+        assert rig.proc is not None
+        raw = RawClient(broker.host, broker.port, filters=(READY,),
+                        client_id="robustness-ready-watch", clean_session=False).start()
+
+        broker.stop()
+        wait_until(lambda: any(r.get("level") in ("warning", "error") and "lost" in event_text(r)
+                               for r in log_records(rig)), 10.0, "the module logging the loss")
+        time.sleep(1.0)  # stay down a while: the module must wait, not exit
+        assert rig.proc.poll() is None, f"module exited: {rig.module_log()[-2000:]}"
+        lost_at = next(i for i, r in enumerate(log_records(rig)) if "lost" in event_text(r))
+
+        broker.start()
+        wait_until(lambda: raw.on(READY), 15.0, "ready published again after the restart")
+        assert json.loads(raw.on(READY)[0]) == {"msg_type": "ModuleReady", "data": True}
+        wait_until(lambda: any(event_text(r) in ("connected", "reconnected")
+                               for r in log_records(rig)[lost_at + 1:]),
+                   15.0, "the module logging the reconnection")
+        wait_until(lambda: all_buses_connected(rig), 15.0, "the simulators reconnecting")
+        assert rig.observer.wait_subscribed(DEADLINE_S)
+
+        rig.swipe(VALID_1, connectors=[1])  # handled only if the module resubscribed
+        rig.statuses.wait(VALID_1, "UsedToStart", timeout=15.0)
+        assert rig.statuses.of(VALID_1) == ["Processing", "Accepted", "UsedToStart"]
+        assert rig.proc.poll() is None
+        assert rig.stop_module() == 0
+    finally:
+        if raw is not None:
+            raw.stop()
+        for rig in rigs:
+            rig.stop()
+        broker.close()
+
+
+# --- validators that fail, hang, answer late or are not there ---------------------------------
+
+
+def test_failing_silent_late_and_missing_validators_count_as_unknown(
+        broker: Mosquitto, tmp_path: Path, rigs: list[Rig]) -> None:
+    good = [{"id_token": f"GOOD_{mode}"} for mode in ("fail", "silent", "late", "missing")]
+    rig = Rig(broker, tmp_path, scripted=True,
+              validators=[ValidatorSpec("v_bad", tokens=good), ValidatorSpec("v_good", tokens=good)],
+              config={"connection_timeout": 30},
+              extra={"timeouts": {"validator_s": VALIDATOR_S, "command_s": 2.0}})
+    rigs.append(rig)
+    rig.start()
+    assert rig.proc is not None
+    bad_validator = rig.validators[0]
+
+    def unknown_warnings() -> int:
+        return sum(1 for r in log_records(rig)
+                   if r.get("level") in ("warning", "error") and "unknown" in event_text(r)
+                   and "v_bad" in json.dumps(r))
+
+    for mode in ("fail", "silent", "late", "missing"):
+        bad_validator.fail = mode == "fail"
+        bad_validator.silent = mode == "silent"
+        bad_validator.delay_s = 2 * VALIDATOR_S + 0.5 if mode == "late" else 0.0
+        if mode == "missing":
+            bad_validator.stop()  # no module on the bus at all any more
+        before = unknown_warnings()
+
+        # the second validator accepts: the token is still accepted
+        accepted = f"GOOD_{mode}"
+        rig.swipe(accepted, connectors=[1])
+        rig.statuses.wait(accepted, "UsedToStart", timeout=VALIDATOR_S + MARGIN_S)
+        assert rig.statuses.of(accepted) == ["Processing", "Accepted", "UsedToStart"], mode
+        assert rig.call("main", "withdraw_authorization", {"request": {"evse_id": 1}}) \
+            == "Accepted"
+
+        # nobody accepts: Rejected, within the bound too
+        rejected = f"BAD_{mode}"
+        rig.swipe(rejected, connectors=[1])
+        rig.statuses.wait(rejected, "Rejected", timeout=VALIDATOR_S + MARGIN_S)
+        assert rig.statuses.of(rejected) == ["Processing", "Rejected"], mode
+        wait_until(lambda: unknown_warnings() >= before + 2, DEADLINE_S,
+                   f"two warnings counting v_bad ({mode}) as Unknown")
+
+    time.sleep(0.5)  # late answers (mode "late") must not add anything
+    for mode in ("fail", "silent", "late", "missing"):
+        assert rig.statuses.of(f"GOOD_{mode}") == ["Processing", "Accepted", "UsedToStart"]
+        assert rig.statuses.of(f"BAD_{mode}") == ["Processing", "Rejected"]
+    assert rig.proc.poll() is None
+
+
+# --- an EVSE manager that stops answering ------------------------------------------------------
+
+
+def test_silent_evse_manager_does_not_stop_the_other_evse(
+        broker: Mosquitto, tmp_path: Path, rigs: list[Rig]) -> None:
+    command_s = 4.0  # the call to EVSE 2 stays unanswered this long; EVSE 1 is served meanwhile
+    rig = Rig(broker, tmp_path, scripted=True,
+              validators=[ValidatorSpec("validator", tokens=[{"id_token": VALID_1}])],
+              config={"connection_timeout": 30},
+              extra={"timeouts": {"validator_s": 2.0, "command_s": command_s}})
+    rigs.append(rig)
+    rig.start()
+    assert rig.proc is not None
+    raw = RawClient(broker.host, broker.port,
+                    filters=(f"{P}modules/evse_manager_2/impl/evse/cmd/+",)).start()
+    try:
+        rig.evse(2).stop()  # EVSE manager 2 stops answering anything
+
+        reservation: dict[str, Any] = {}
+
+        def reserve_on_2() -> None:
+            try:
+                reservation["result"] = rig.call(
+                    "reservation", "reserve_now",
+                    {"request": {"reservation_id": 5, "id_token": "RES", "evse_id": 2,
+                                 "expiry_time": "2099-01-01T00:00:00Z"}},
+                    timeout=command_s + 10.0)
+            except Exception as exc:  # reported below
+                reservation["error"] = exc
+
+        caller = threading.Thread(target=reserve_on_2, daemon=True)
+        caller.start()
+        wait_until(lambda: raw.on(f"{P}modules/evse_manager_2/impl/evse/cmd/reserve"),
+                   DEADLINE_S, "the module asking EVSE manager 2 to reserve")
+
+        # while that call to EVSE manager 2 is unanswered, EVSE 1 is served
+        rig.swipe(VALID_1, connectors=[1])
+        rig.statuses.wait(VALID_1, "UsedToStart")
+        assert caller.is_alive(), "EVSE 1 was served only after the call to EVSE 2 ended"
+        auth = rig.commands(1, "authorize_response")
+        assert [a["validation_result"]["authorization_status"] for a in auth] == ["Accepted"]
+        assert rig.call("main", "withdraw_authorization", {"request": {"evse_id": 1}}) \
+            == "Accepted"
+
+        caller.join(command_s + 12.0)
+        assert not caller.is_alive()
+        assert "error" not in reservation, reservation
+        assert reservation["result"] != "Accepted", reservation  # never confirmed by EVSE 2
+        assert rig.proc.poll() is None
+    finally:
+        raw.stop()
+
+
+# --- bursts ------------------------------------------------------------------------------------
+
+
+def test_thirty_tokens_at_once_find_first(broker: Mosquitto, tmp_path: Path,
+                                          rigs: list[Rig]) -> None:
+    tokens = [f"BURST_{i:02d}" for i in range(30)]
+    rig = Rig(broker, tmp_path, scripted=True,
+              validators=[ValidatorSpec("validator", tokens=[{"id_token": t} for t in tokens])],
+              config={"selection_algorithm": "FindFirst", "connection_timeout": 30})
+    rigs.append(rig)
+    rig.start()
+    for token in tokens:
+        rig.swipe(token)
+    wait_until(lambda: all(FINAL & set(rig.statuses.of(t)) for t in tokens), 20.0,
+               "a final status for each of the 30 tokens")
+    time.sleep(0.5)  # nothing more may follow
+
+    started: list[int] = []
+    for token in tokens:
+        seen = rig.statuses.of(token)
+        assert seen[0] == "Processing", (token, seen)
+        assert seen.count("Processing") == 1, (token, seen)
+        finals = [s for s in seen if s in FINAL]
+        assert len(finals) == 1, (token, seen)
+        if finals[0] == "UsedToStart":
+            started += rig.statuses.messages(token, "UsedToStart")[0]["token"]["connectors"]
+        else:
+            assert finals[0] == "Rejected", (token, seen)
+    assert sorted(started) == [1, 2], started  # one token per EVSE, both EVSEs used
+    for evse_id in (1, 2):
+        granted = [a for a in rig.commands(evse_id, "authorize_response")
+                   if a["validation_result"]["authorization_status"] == "Accepted"]
+        assert len(granted) == 1, (evse_id, granted)
+    assert rig.proc is not None and rig.proc.poll() is None
+
+
+def test_same_token_five_times_at_once(broker: Mosquitto, tmp_path: Path,
+                                       rigs: list[Rig]) -> None:
+    rig = Rig(broker, tmp_path, scripted=True,
+              validators=[ValidatorSpec("validator", tokens=[{"id_token": VALID_1},
+                                                             {"id_token": VALID_2}])],
+              config={"connection_timeout": 30})
+    rigs.append(rig)
+    rig.start()
+    for _ in range(5):
+        rig.swipe(VALID_1, connectors=[1])
+    rig.statuses.wait(VALID_1, "UsedToStart")
+    # a later token from the same provider: once it is done, all five swipes were seen
+    rig.swipe(VALID_2, connectors=[2])
+    rig.statuses.wait(VALID_2, "UsedToStart")
+    time.sleep(0.5)
+    assert rig.statuses.of(VALID_1) == ["Processing", "Accepted", "UsedToStart"]
+    asked = [a for _c, a in rig.validators[0].received
+             if a["provided_token"]["id_token"]["value"] == VALID_1]
+    assert len(asked) == 1, asked
+    assert len(rig.commands(1, "authorize_response")) == 1
+
+
+# --- the log -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("logging", [{"level": "debug", "show_tokens": False},
+                                     {"level": "debug"}],  # masked by default
+                         ids=["show_tokens-false", "show_tokens-default"])
+def test_log_is_json_lines_and_tokens_are_masked(broker: Mosquitto, tmp_path: Path,
+                                                 rigs: list[Rig], logging: dict[str, Any]) -> None:
+    secret, stranger = "SECRET_CARD_0123456789", "STRANGER_CARD_987654321"
+    rig = Rig(broker, tmp_path, scripted=True,
+              validators=[ValidatorSpec("validator", tokens=[{"id_token": secret}])],
+              config={"connection_timeout": 30},
+              extra={"logging": logging})  # format: the default (auto), stderr is a file
+    rigs.append(rig)
+    rig.start()
+    session_topic = f"{P}modules/evse_manager_1/impl/evse/var/session_event"
+    raw = RawClient(broker.host, broker.port, filters=(session_topic,)).start()
+    try:
+        sent = rig.swipe(secret, connectors=[1])
+        rig.statuses.wait(secret, "UsedToStart")
+        rig.evse(1).transaction_started(sent)
+        # once the broker passed it on, the event reaches the module before the next token
+        wait_until(lambda: raw.on(session_topic), DEADLINE_S, "TransactionStarted on the broker")
+    finally:
+        raw.stop()
+    rig.swipe(stranger, connectors=[2])
+    rig.statuses.wait(stranger, "Rejected")
+    rig.swipe(secret.lower(), connectors=[1])
+    rig.statuses.wait(secret.lower(), "UsedToStop")
+    assert rig.call("main", "withdraw_authorization",
+                    {"request": {"id_token": {"value": stranger, "type": "ISO14443"}}}) \
+        == "AuthorizationNotFound"
+    assert rig.stop_module() == 0
+
+    text = rig.module_log()
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            pytest.fail(f"log line {number} is not JSON: {line!r}")
+        assert isinstance(record, dict), line
+        assert "event" in record and "level" in record, line
+        records.append(record)
+    assert len(records) >= 5, text
+
+    for token in (secret, stranger):
+        assert token.lower() not in text.lower(), f"{token} appears in the log unmasked"
+
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    def masked(full: str, value: str) -> bool:
+        return (value.lower() != full.lower() and len(value) < len(full)
+                and any(ch in value for ch in "…*")
+                and (full.lower().startswith(value[:2].lower())
+                     or full.lower().endswith(value[-2:].lower())))
+
+    for token in (secret, stranger):
+        assert any(masked(token, s) for r in records for s in strings(r)), \
+            f"no masked form of {token} in the log"
