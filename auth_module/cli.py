@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # First thing: a SIGTERM during start-up must still end in a clean exit 0.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     from .station import StationError, load_station
 
     try:
@@ -39,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     from .module import AuthModule, StartupError
 
     configure_logging(station.logging.level, station.logging.format, station.logging.show_tokens)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         module = AuthModule(station)
     except StationError as exc:  # a plugin's name or options

@@ -88,6 +88,15 @@ class AuthModule:
         """
         from .plugins.loader import build_provider, build_validator
 
+        try:
+            self._build_plugins(build_validator, build_provider)
+        except Exception:
+            for plugin in [*self.validators, *self.providers]:  # e.g. an OCPP thread
+                if not isinstance(plugin, BusValidator):
+                    plugin.close()
+            raise
+
+    def _build_plugins(self, build_validator: Any, build_provider: Any) -> None:
         for entry in self.station.token_validators:
             if isinstance(entry, BusConnection):
                 self.validators.append(BusValidator(self.bus, entry,

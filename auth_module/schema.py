@@ -41,7 +41,7 @@ class SchemaLoadError(Exception):
 
 def interfaces_dir() -> Path:
     """The ``interfaces`` folder at the top of the project."""
-    return Path(__file__).resolve().parent.parent / "interfaces"
+    return Path(__file__).resolve().parent / "interfaces"  # a link to the top-level folder
 
 
 _FORMATS = FormatChecker(formats=())
@@ -152,7 +152,7 @@ class InterfaceSchemas:
     @classmethod
     def load(cls, folder: str | Path | None = None) -> InterfaceSchemas:
         """Read ``folder`` (default: the project's ``interfaces/``), once per process."""
-        root = Path(folder).resolve() if folder is not None else interfaces_dir()
+        root = Path(folder if folder is not None else interfaces_dir()).resolve()
         with cls._cache_lock:
             found = cls._cache.get(root)
             if found is None:

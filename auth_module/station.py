@@ -65,7 +65,7 @@ class StationError(Exception):
 
 def manifest_path() -> Path:
     """``manifest.yaml`` at the top of the project (next to ``interfaces/``)."""
-    return Path(__file__).resolve().parent.parent / "manifest.yaml"
+    return Path(__file__).resolve().parent / "manifest.yaml"  # a link to the top-level file
 
 
 @lru_cache(maxsize=None)

@@ -292,8 +292,30 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
+def _cpu_snapshot() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this bench + its children:
+    the module and mosquitto). Their difference over the run is what other programs used."""
+    try:
+        import psutil
+
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        ours = 0.0
+        me = psutil.Process()
+        for p in (me, *me.children(recursive=True)):
+            try:
+                c = p.cpu_times()
+                ours += c.user + c.system
+            except psutil.Error:
+                pass
+        return busy, ours
+    except Exception:
+        return None
+
+
 def run(tokens: int, warmup: int, progress: bool,
-        module_command: list[str] | None = None) -> dict[str, Any]:
+        module_command: list[str] | None = None,
+        samples_path: Path | None = None) -> dict[str, Any]:
     command = module_command or [AUTH_MODULE]
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
@@ -336,13 +358,16 @@ def run(tokens: int, warmup: int, progress: bool,
             inbound_ns: list[int] = []
             validator_ns: list[int] = []
             outbound_ns: list[int] = []
+            raw: list[dict[str, Any]] = []
             odd: list[tuple[str, list[str]]] = []
             cpu_before: float | None = None
+            snap_before: tuple[float, float] | None = None
             t_start = 0.0
             total = warmup + tokens
             for i in range(total):
                 if i == warmup:
                     cpu_before, t_start = _cpu_s(proc.pid), time.monotonic()
+                    snap_before = _cpu_snapshot()
                 value = f"BENCH-{run_tag}-{i:07d}"
                 msg = make_token(value)  # built (and validated) outside the timed interval
                 body = encode(var_envelope(msg))
@@ -362,14 +387,21 @@ def run(tokens: int, warmup: int, progress: bool,
                     inbound_ns.append(t_vin - t0)
                     validator_ns.append(t_vout - t_vin)
                     outbound_ns.append(t1 - t_vout)
+                    raw.append({"token": value, "t_publish": t0, "t_validator_in": t_vin,
+                                "t_validator_out": t_vout, "t_evse": t1})
                     if seen != ["Processing", "Accepted", "UsedToStart"]:
                         odd.append((value, seen))
                 if progress and (i + 1) % 500 == 0:
                     print(f"  ... {i + 1}/{total}", file=sys.stderr, flush=True)
             elapsed = time.monotonic() - t_start
             cpu_after = _cpu_s(proc.pid)
+            snap_after = _cpu_snapshot()
             if proc.poll() is not None:
                 raise RuntimeError(f"module exited with {proc.returncode} during the run")
+            if samples_path is not None:
+                with open(samples_path, "w") as f:
+                    for rec, e in zip(raw, echo_ns):
+                        f.write(json.dumps({**rec, "echo_ns": e}) + "\n")
         finally:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -394,6 +426,10 @@ def run(tokens: int, warmup: int, progress: bool,
     }
     module_cpu = (None if cpu_before is None or cpu_after is None
                   else (cpu_after - cpu_before) / tokens * 1e3)
+    other_busy = None
+    if snap_before is not None and snap_after is not None and elapsed > 0:
+        other = (snap_after[0] - snap_before[0]) - (snap_after[1] - snap_before[1])
+        other_busy = max(0.0, other) / (elapsed * (os.cpu_count() or 1)) * 100
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(),
@@ -417,6 +453,7 @@ def run(tokens: int, warmup: int, progress: bool,
         "unexpected_examples": odd[:3],
         "validator_calls": validator.calls,
         "module_cpu_ms_per_iteration": module_cpu,
+        "other_programs_cpu_pct": other_busy,
         "measured_wall_s": elapsed,
     }
 
@@ -443,6 +480,9 @@ def report(r: dict[str, Any]) -> str:
     if r["module_cpu_ms_per_iteration"] is not None:
         lines.append(f"module CPU per iteration (token + session end + handshake): "
                      f"{r['module_cpu_ms_per_iteration']:.2f} ms")
+    if r["other_programs_cpu_pct"] is not None:
+        lines.append(f"CPU used by other programs during the run: "
+                     f"{r['other_programs_cpu_pct']:.0f}% of the machine")
     if r["unexpected_status_sequences"]:
         lines.append(f"WARNING: {r['unexpected_status_sequences']} tokens with an unexpected "
                      f"status sequence, e.g. {r['unexpected_examples']}")
@@ -460,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=2000, help="measured tokens (default 2000)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up tokens (default 100)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--samples", default=None, metavar="FILE", type=Path,
+                   help="also write every measured token's timestamps (perf_counter_ns: "
+                        "CLOCK_MONOTONIC, comparable across processes) as JSON lines")
     p.add_argument("--module-command", default=None, metavar="CMD",
                    help="how to start the module instead of the auth-module script (split "
                         "like a shell; '--config STATION' is appended), e.g. to compare a "
@@ -471,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args.tokens, args.warmup, progress=not args.json,
                      module_command=shlex.split(args.module_command) if args.module_command
-                     else None)
+                     else None, samples_path=args.samples)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

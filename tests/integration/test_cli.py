@@ -207,14 +207,14 @@ def test_signal_exits_zero(broker: Mosquitto, tmp_path: Path, sig: signal.Signal
     assert "Traceback" not in rig.module_log()
 
 
-# --- broker down at start ---
+# --- broker down at start ----------------------------------------------------------------------
 
 
 def retrying(rig: Rig) -> bool:
     """Whether the module logged (as a warning) that it cannot reach the broker and retries."""
     return any(r.get("level") in ("warning", "error")
                and re.search(r"retry|unreachable", str(r.get("event")), re.I)
-               for r in log_records(rig.module_log()))-------------------------------------------------------------------
+               for r in log_records(rig.module_log()))
 
 
 def test_broker_down_at_start_keeps_retrying_then_becomes_ready(tmp_path: Path) -> None:

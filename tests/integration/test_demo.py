@@ -50,6 +50,12 @@ def _lines_with(text: str, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
 
 
+def _group(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in {text!r}"
+    return found.group(1)
+
+
 @pytest.fixture
 def stray_listener() -> Iterator[int]:
     """A port held by a TCP server that accepts connections but never speaks MQTT."""
@@ -87,7 +93,7 @@ def test_demo_plays_every_scene_against_a_running_broker(
     assert _lines_with(out, r"set_connection_timeout -> null"), why
     timed_out = _lines_with(out, r"auth -> TimedOut after [0-9.]+ s")
     assert timed_out, why
-    waited = float(re.search(r"after ([0-9.]+) s", timed_out[0]).group(1))  # type: ignore[union-attr]
+    waited = float(_group(r"after ([0-9.]+) s", timed_out[0]))
     assert 2.5 <= waited <= 6.0, why
     # scene 4: a card of the same group stops EVSE 1's transaction
     assert _lines_with(out, r"stop_transaction \(reason Local, card VALID_RFID_3\)"), why
@@ -118,12 +124,12 @@ def test_demo_starts_its_own_broker_beside_a_port_squatter(
     line = _lines_with(out, rf"^Broker: 127\.0\.0\.1:{stray_listener} is taken by something "
                             r"that is not an MQTT broker")
     assert line, why
-    port = int(re.search(r"started mosquitto on 127\.0\.0\.1:(\d+)", line[0]).group(1))  # type: ignore[union-attr]
+    port = int(_group(r"started mosquitto on 127\.0\.0\.1:(\d+)", line[0]))
     assert port != stray_listener
     assert f"The demo's mosquitto on 127.0.0.1:{port} stopped." in out, why
     assert "Done: every scene went as expected." in out, why
     # the temporary station copy is gone, the user's file is untouched
-    copy = re.search(r"temporary copy of the station file: (\S+)", line[0]).group(1)  # type: ignore[union-attr]
+    copy = _group(r"temporary copy of the station file: (\S+)", line[0])
     assert not Path(copy).exists()
     assert yaml.safe_load(station.read_text())["mqtt"]["port"] == stray_listener
     assert mqtt_broker_answers("127.0.0.1", port) is None

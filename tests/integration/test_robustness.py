@@ -342,3 +342,52 @@ def test_log_is_json_lines_and_tokens_are_masked(broker: Mosquitto, tmp_path: Pa
     for token in (secret, stranger):
         assert any(masked(token, s) for r in records for s in strings(r)), \
             f"no masked form of {token} in the log"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: the text of another module's command error is logged verbatim, so a token value it "
+    "echoes is written unmasked although show_tokens is off (validator: 'validator failed; "
+    "counting it as Unknown' reason=...; EVSE manager: bus 'call failed' error=...)"))
+@pytest.mark.parametrize("echoer", ["validator", "evse_manager"])
+def test_token_echoed_in_another_modules_error_is_masked_in_the_log(
+        broker: Mosquitto, tmp_path: Path, rigs: list[Rig], echoer: str) -> None:
+    secret = "SECRET_CARD_0123456789"
+    validators = [ValidatorSpec("validator", tokens=[{"id_token": secret}])]
+    if echoer == "validator":
+        validators.insert(0, ValidatorSpec("echo"))
+    rig = Rig(broker, tmp_path, scripted=True, evses=[[(1, "cCCS2")]], validators=validators,
+              config={"connection_timeout": 30}, extra={"logging": {"level": "debug"}})
+    rigs.append(rig)
+    rig.write_station()
+    rig.start_simulators()
+    calls: list[dict[str, Any]] = []
+
+    def echo(args: dict[str, Any]) -> Any:
+        calls.append(args)
+        raise RuntimeError(f"cannot handle card {args['provided_token']['id_token']['value']}")
+
+    if echoer == "validator":  # answers validate_token with an error naming the card
+        rig.validators[0].stop()
+        echo_bus = rig._bus("echo")
+        echo_bus.provide_command("main", "validate_token", echo)
+    else:  # answers authorize_response with an error naming the card
+        rig.evses[0].stop()
+        echo_bus = rig._bus("evse_manager_1")
+        echo_bus.provide_command("evse", "get_evse",
+                                 lambda a: {"id": 1, "connectors": [{"id": 1, "type": "cCCS2"}]})
+        echo_bus.provide_command("evse", "authorize_response", echo)
+    echo_bus.start()
+    try:
+        assert echo_bus.wait_connected(DEADLINE_S)
+        rig.start_module()
+        rig.swipe(secret, connectors=[1])
+        rig.statuses.wait(secret, "UsedToStart")
+        wait_until(lambda: calls, DEADLINE_S, f"the {echoer} being called")
+        try:  # give the module time to log the error answer; a masked log never matches
+            wait_until(lambda: secret.lower() in rig.module_log().lower(), 2.0)
+        except AssertionError:
+            pass
+        assert secret.lower() not in rig.module_log().lower(), \
+            [line for line in rig.module_log().splitlines() if secret in line]
+    finally:
+        echo_bus.stop()
