@@ -49,6 +49,7 @@ class ReservationStore:
 
     def load(self) -> StoredReservations:
         """The stored reservations; ``[]`` if there are none or the file is unusable."""
+        self._remove_stale_temp_files()
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -61,6 +62,12 @@ class ReservationStore:
         except CorruptStoreError as exc:
             self._set_aside(str(exc))
             return []
+
+    def _remove_stale_temp_files(self) -> None:
+        """A kill in the middle of :meth:`save` leaves its temp file behind; the store itself
+        is whole (the rename is atomic), so the leftover is only litter."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            _remove_quietly(str(leftover))
 
     def _set_aside(self, reason: str) -> None:
         """Move the unusable file out of the way and say so in a single log line."""

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +191,11 @@ def run(cycles: int, settle: float, module_command: list[str] | None = None) -> 
                 readings[f"after {cycles} cycles"] = memory_of(proc.pid)
             if proc.poll() is not None:
                 raise RuntimeError(f"module exited with {proc.returncode} during the run")
+        except BaseException as exc:
+            exc.add_note(f"module log and station file kept in {tmp}")
+            raise
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         finally:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                      shlex.split(args.module_command) if args.module_command else None)
     except Exception as exc:
         print(f"bench.memory: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):
+            print(f"bench.memory: {note}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else report(result))
     return 0 if result["pass"] else 1

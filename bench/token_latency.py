@@ -9,9 +9,10 @@ One run, one mosquitto on loopback (``simulators.broker.Mosquitto``, TCP_NODELAY
 * the module as its own process (``auth-module --config station.yaml``): FindFirst, one EVSE,
   one bus token provider, one bus validator, ``logging: {level: warning}``;
 * in this process: the token provider, a validator that answers ``Accepted`` at once, an
-  EVSE-manager stand-in and an observer of ``token_validation_status``, each its own
-  ``BusClient`` (its own MQTT connection), so both ends of the timed interval are read from
-  one monotonic clock (``time.perf_counter_ns``);
+  EVSE-manager stand-in, each its own ``BusClient`` (its own MQTT connection), so both ends
+  of the timed interval are read from one monotonic clock (``time.perf_counter_ns``); an
+  observer of ``token_validation_status`` runs in a child process (so its traffic does not
+  compete for this process's GIL during the timed interval) and reports over a pipe;
 * beside it, on the same broker: two raw paho 2.x clients doing an MQTT echo (A publishes on
   topic ``ping``, B republishes the payload on ``pong``, A times publish -> receive), with
   TCP_NODELAY and the module's QoS (1). One echo round trip is made after every token, while
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import shlex
 import signal
 import socket
@@ -53,7 +55,7 @@ import yaml
 
 from auth_module.bus import BusClient
 from auth_module.bus.envelopes import cmd_topic, encode, parse_cmd, var_envelope
-from bench import AUTH_MODULE, quiet_logging, summary_ms, wait_until
+from bench import AUTH_MODULE, quiet_logging, summary_ms
 from simulators.broker import Mosquitto
 from simulators.token_provider import make_token
 
@@ -167,34 +169,84 @@ class EvseStandIn:
                              timeout=STEP_TIMEOUT_S)
 
 
+def _observer_main(host: str, port: int, out: Any, stop: Any) -> None:
+    """Child process: forward every token_validation_status and ready message to ``out``."""
+    quiet_logging()
+    bus = BusClient(module_id="bench_observer", host=host, port=port, prefix=PREFIX)
+    lock = threading.Lock()
+
+    def send(item: tuple[str, str]) -> None:
+        with lock:
+            out.send(item)
+
+    bus.subscribe_var(MODULE_ID, "main", "token_validation_status",
+                      lambda v: send((v["token"]["id_token"]["value"], v["status"])))
+    bus.subscribe_raw(f"{PREFIX}modules/{MODULE_ID}/ready", lambda t, p: send(("", "ready")))
+    bus.start()
+    ok = bus.wait_connected(STEP_TIMEOUT_S) and bus.wait_subscribed(STEP_TIMEOUT_S)
+    send(("", "observer-up" if ok else "observer-failed"))
+    stop.recv()  # until the parent says stop (or goes away: EOFError)
+    bus.stop()
+
+
 class Observer:
-    """Records every token_validation_status, and the module's ready messages."""
+    """Records every token_validation_status and the module's ready messages.
+
+    It runs in a child process, so its MQTT traffic (three statuses per token, one of them
+    arriving while the timed interval runs) does not compete for this process's GIL with the
+    validator and EVSE stand-ins. The pipe is read only by the bench's main thread, outside
+    the timed interval.
+    """
 
     def __init__(self, host: str, port: int) -> None:
-        self.bus = BusClient(module_id="bench_observer", host=host, port=port, prefix=PREFIX)
-        self._cond = threading.Condition()
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._recv, child_out = ctx.Pipe(duplex=False)
+        child_stop, self._stop = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_observer_main, args=(host, port, child_out, child_stop),
+                                 name="bench-observer", daemon=True)
         self.statuses: dict[str, list[str]] = {}
         self.ready = 0
-        self.bus.subscribe_var(MODULE_ID, "main", "token_validation_status", self._on_status)
-        self.bus.subscribe_raw(f"{PREFIX}modules/{MODULE_ID}/ready", self._on_ready)
 
-    def _on_status(self, value: Any) -> None:
-        token = value["token"]["id_token"]["value"]
-        with self._cond:
-            self.statuses.setdefault(token, []).append(value["status"])
-            self._cond.notify_all()
+    def start(self) -> None:
+        self._proc.start()
+        self._pump_until(lambda m: m[1] in ("observer-up", "observer-failed"), 15.0,
+                         "the observer process")
+        if "observer-failed" in self.statuses.get("", ()):
+            raise RuntimeError("observer could not connect to the broker")
 
-    def _on_ready(self, _topic: str, _payload: bytes) -> None:
-        with self._cond:
-            self.ready += 1
-            self._cond.notify_all()
+    def _pump_until(self, done: Any, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not self._recv.poll(left):
+                raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+            msg = self._recv.recv()
+            token, status = msg
+            if token == "" and status == "ready":
+                self.ready += 1
+            self.statuses.setdefault(token, []).append(status)
+            if done(msg):
+                return
+
+    def wait_ready(self, timeout: float) -> None:
+        if self.ready == 0:
+            self._pump_until(lambda m: m == ("", "ready"), timeout, "the module's ready message")
 
     def wait_status(self, value: str, status: str, timeout: float = STEP_TIMEOUT_S) -> list[str]:
-        with self._cond:
-            if not self._cond.wait_for(lambda: status in self.statuses.get(value, ()), timeout):
-                raise TimeoutError(f"no {status} for {value} within {timeout:g} s "
-                                   f"(seen {self.statuses.get(value)})")
-            return list(self.statuses[value])
+        if status not in self.statuses.get(value, ()):
+            self._pump_until(lambda m: m == (value, status), timeout, f"{status} for {value}")
+        return self.statuses.pop(value)
+
+    def stop(self) -> None:
+        try:
+            self._stop.send("stop")
+        except OSError:
+            pass
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.terminate()
 
 
 class Echo:
@@ -324,6 +376,7 @@ def run(tokens: int, warmup: int, progress: bool,
     proc: subprocess.Popen[bytes] | None = None
     actors: list[BusClient] = []
     echo: Echo | None = None
+    observer: Observer | None = None
     with Mosquitto() as broker:
         host, port = broker.host, broker.port
         try:
@@ -331,8 +384,9 @@ def run(tokens: int, warmup: int, progress: bool,
             validator = Validator(host, port)
             evse = EvseStandIn(host, port)
             observer = Observer(host, port)
+            observer.start()
             provider = BusClient(module_id=PROVIDER_ID, host=host, port=port, prefix=PREFIX)
-            actors = [validator.bus, evse.bus, observer.bus, provider]
+            actors = [validator.bus, evse.bus, provider]
             for bus in actors:
                 bus.start()
             for bus in actors:
@@ -345,8 +399,11 @@ def run(tokens: int, warmup: int, progress: bool,
                 # cwd: the temp dir, so nothing the module writes lands in the project
                 proc = subprocess.Popen([*command, "--config", str(station_path)], cwd=tmp,
                                         stdout=log_file, stderr=subprocess.STDOUT)
-            wait_until(lambda: observer.ready > 0 or proc.poll() is not None, 15.0,
-                       "the module's ready message")
+            try:
+                observer.wait_ready(15.0)
+            except TimeoutError:
+                if proc.poll() is None:
+                    raise
             if proc.poll() is not None:
                 raise RuntimeError(f"module exited with {proc.returncode}: "
                                    f"{log_path.read_text(errors='replace')[-2000:]}")
@@ -380,10 +437,10 @@ def run(tokens: int, warmup: int, progress: bool,
                 evse.run_session_to_end(msg)
                 evse.handshake(value)
                 rtt = echo.round_trip(body)
+                t_vin, t_vout = validator.t_in.pop(value), validator.t_out.pop(value)
                 if i >= warmup:
                     token_ns.append(t1 - t0)
                     echo_ns.append(rtt)
-                    t_vin, t_vout = validator.t_in.pop(value), validator.t_out.pop(value)
                     inbound_ns.append(t_vin - t0)
                     validator_ns.append(t_vout - t_vin)
                     outbound_ns.append(t1 - t_vout)
@@ -402,6 +459,11 @@ def run(tokens: int, warmup: int, progress: bool,
                 with open(samples_path, "w") as f:
                     for rec, e in zip(raw, echo_ns):
                         f.write(json.dumps({**rec, "echo_ns": e}) + "\n")
+        except BaseException as exc:
+            exc.add_note(f"module log and station file kept in {tmp}")
+            raise
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         finally:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -412,6 +474,8 @@ def run(tokens: int, warmup: int, progress: bool,
                     proc.wait()
             if echo is not None:
                 echo.stop()
+            if observer is not None:
+                observer.stop()
             for bus in actors:
                 bus.stop()
 
@@ -517,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                      else None, samples_path=args.samples)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):
+            print(f"bench.token_latency: {note}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else report(result))
     return 0 if result["pass"] else 1

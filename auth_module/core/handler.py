@@ -85,6 +85,7 @@ class AuthHandler:
         self._plug_in_queue: list[int] = []
         self._in_process: dict[str, TokenRequest] = {}
         self._waiting: list[TokenRequest] = []  # parked for a plug-in, first come first served
+        self._restoring = False  # reloading stored reservations at start-up
         self.reservations = ReservationBook(
             self.evses, clock, self._lock, store, self._on_reservation_ended
         )
@@ -104,10 +105,35 @@ class AuthHandler:
             )
 
     def start(self) -> None:
-        """Everything is known: bring back stored reservations and tell the EVSEs."""
+        """Everything is known: bring back stored reservations and tell the EVSEs again.
+
+        An EVSE manager may have restarted too, so each EVSE-specific reservation is sent to
+        it once more; one it now refuses is cancelled (``Removed``), as a refused
+        ``reserve_now`` would have been.
+        """
         with self._lock:
-            self.reservations.load()
+            self._restoring = True  # EVSEs are released once, below, not per ended reservation
+            try:
+                stored = self.reservations.load()
+            finally:
+                self._restoring = False
+            restored = [(evse_id, r.reservation_id)
+                        for evse_id, r in self.reservations.reservations() if evse_id is not None]
             self._sync_station_wide_reservations()
+            if stored:
+                # Before the restart some EVSEs may have been reserved (an expired reservation,
+                # a station-wide hold) that are free now; nobody else will tell them.
+                reserved = {e for e, _ in restored} | self.reservations.held_station_wide()
+                for evse in self.evses.values():
+                    if evse.evse_id not in reserved:
+                        self._ports.cancel_reservation(evse.index)
+        for evse_id, reservation_id in restored:
+            if self._ports.reserve(self.evses[evse_id].index, reservation_id):
+                continue
+            log.warning("EVSE manager refused a restored reservation; cancelling it",
+                        reservation_id=reservation_id, evse=evse_id)
+            with self._lock:
+                self.reservations.cancel(reservation_id, True, ReservationEndReason.Cancelled)
 
     # --- settings at run time ---------------------------------------------------------------
 
@@ -664,7 +690,7 @@ class AuthHandler:
 
     def _on_reservation_ended(self, evse_id: int | None, reservation_id: int,
                               reason: ReservationEndReason, send_update: bool) -> None:
-        if evse_id is not None and evse_id in self.evses:
+        if evse_id is not None and evse_id in self.evses and not self._restoring:
             self._ports.cancel_reservation(self.evses[evse_id].index)
         if send_update:
             status = {ReservationEndReason.Expired: ReservationUpdate.Expired,

@@ -213,16 +213,17 @@ class ReservationBook:
 
     # --- persistence -------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load(self) -> int:
         """Re-make every stored reservation after a restart.
 
         A reservation that expired while we were down ends as Expired; one that can no
         longer be honoured (EVSE gone, connector faulted, ...) ends as Cancelled. Either
         way the core is told, so it can send the reservation update the CSMS waits for.
-        The store is rewritten once at the end to hold exactly what was re-made.
+        The store is rewritten once at the end to hold exactly what was re-made. Returns
+        how many reservations the store held.
         """
         if self._store is None:
-            return
+            return 0
         stored = self._store.load()
         self._loading = True
         try:
@@ -231,6 +232,11 @@ class ReservationBook:
         finally:
             self._loading = False
         self._save()
+        return len(stored)
+
+    def held_station_wide(self) -> set[int]:
+        """The EVSEs station-wide reservations hold at the moment (as last reported)."""
+        return set(self._last_reserved)
 
     def _reload_one(self, evse_id: int | None, reservation: Reservation) -> None:
         rid = reservation.reservation_id

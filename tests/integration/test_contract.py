@@ -302,7 +302,8 @@ def test_tokens_before_ready_dropped_session_events_replayed(
     assert rig.statuses.of(VALID_1) == ["Processing", "Accepted", "UsedToStart"]
     used = rig.statuses.messages(VALID_1, "UsedToStart")[0]
     assert used["token"].get("connectors") == [1], used
-    auth = rig.commands(1, "authorize_response")
+    auth = wait_until(lambda: rig.commands(1, "authorize_response"), DEADLINE_S,
+                      "authorize_response at EVSE 1")
     assert [a["validation_result"]["authorization_status"] for a in auth] == ["Accepted"], auth
     assert not rig.commands(2, "authorize_response")
     assert rig.statuses.of(VALID_2) == [], "a token sent before ready was processed"

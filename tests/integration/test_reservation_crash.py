@@ -142,12 +142,6 @@ def test_reservations_survive_sigkill(station: Callable[..., Station]) -> None:
     assert sorted(ids) == [101, 201, 202, 301]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: after a restart the module does not call `reserve` on the EVSE manager of a "
-    "reloaded EVSE-specific reservation: ReservationBook.load() re-makes it with "
-    "make_reservation() only and AuthHandler.start() then only syncs station-wide (-1) "
-    "holds, so the EVSE manager is never told again (issue 3: 'the EVSE managers are told "
-    "again')."))
 def test_evse_managers_are_told_again_after_restart(station: Callable[..., Station]) -> None:
     """Each reloaded EVSE-specific reservation is passed to its EVSE manager again, once."""
     st = station([[(1, "cCCS2")], [(1, "cCCS2")], [(1, "cCCS2")]])

@@ -44,6 +44,7 @@ Skipped, because they inspect internal state only (nothing of them reaches the b
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -113,8 +114,6 @@ class Station:
             self._seen[topic] += 1
 
     def _on_cmd(self, topic: str, payload: bytes) -> None:
-        import json
-
         module_id, cmd = topic.split("/")[2], topic.rsplit("/", 1)[1]
         if not module_id.startswith("evse_manager_") or cmd == "get_evse":
             return

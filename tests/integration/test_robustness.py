@@ -202,7 +202,8 @@ def test_silent_evse_manager_does_not_stop_the_other_evse(
         rig.swipe(VALID_1, connectors=[1])
         rig.statuses.wait(VALID_1, "UsedToStart")
         assert caller.is_alive(), "EVSE 1 was served only after the call to EVSE 2 ended"
-        auth = rig.commands(1, "authorize_response")
+        auth = wait_until(lambda: rig.commands(1, "authorize_response"), DEADLINE_S,
+                          "authorize_response at EVSE 1")
         assert [a["validation_result"]["authorization_status"] for a in auth] == ["Accepted"]
         assert rig.call("main", "withdraw_authorization", {"request": {"evse_id": 1}}) \
             == "Accepted"
@@ -245,10 +246,12 @@ def test_thirty_tokens_at_once_find_first(broker: Mosquitto, tmp_path: Path,
         else:
             assert finals[0] == "Rejected", (token, seen)
     assert sorted(started) == [1, 2], started  # one token per EVSE, both EVSEs used
+    def granted(evse_id: int) -> list[dict[str, Any]]:
+        return [a for a in rig.commands(evse_id, "authorize_response")
+                if a["validation_result"]["authorization_status"] == "Accepted"]
     for evse_id in (1, 2):
-        granted = [a for a in rig.commands(evse_id, "authorize_response")
-                   if a["validation_result"]["authorization_status"] == "Accepted"]
-        assert len(granted) == 1, (evse_id, granted)
+        wait_until(lambda: granted(evse_id), DEADLINE_S, f"authorize_response at EVSE {evse_id}")
+        assert len(granted(evse_id)) == 1, (evse_id, granted(evse_id))
     assert rig.proc is not None and rig.proc.poll() is None
 
 
@@ -271,6 +274,7 @@ def test_same_token_five_times_at_once(broker: Mosquitto, tmp_path: Path,
     asked = [a for _c, a in rig.validators[0].received
              if a["provided_token"]["id_token"]["value"] == VALID_1]
     assert len(asked) == 1, asked
+    wait_until(lambda: rig.commands(1, "authorize_response"), DEADLINE_S, "authorize_response")
     assert len(rig.commands(1, "authorize_response")) == 1
 
 

@@ -27,6 +27,7 @@ from auth_module.types import (
     TokenValidationStatus,
     ValidationResult,
     ValidationResultUpdate,
+    ReservationUpdate,
     WithdrawAuthorizationRequest,
     WithdrawAuthorizationResult,
 )
@@ -827,3 +828,68 @@ def test_plug_in_after_authorization_keeps_the_authorization_timer(
     assert ports.withdrawn == [0]
     assert auth.evses[1].authorization is None
     assert not auth.evses[1].plug_in_timed_out
+
+
+def test_restart_tells_the_evse_managers_again(clock: FakeClock, tmp_path) -> None:
+    """After a restart each stored EVSE reservation is sent to its EVSE manager again; one
+    the EVSE manager now refuses is cancelled and reported Removed."""
+    from auth_module.store import ReservationStore
+    from auth_module.types import ReservationUpdate
+
+    store = ReservationStore(tmp_path / "r.json")
+    first_ports = RecordingPorts()
+    first = AuthHandler(everest_settings(), clock, first_ports, store)
+    for evse_id, index, connectors in FIXTURE_EVSES:
+        first.add_evse(evse_id, index, connectors)
+    first.start()
+    assert first.reserve_now(reservation(clock, 7, "TOKEN_A", evse_id=1)) == ReservationResult.Accepted
+    assert first.reserve_now(reservation(clock, 8, "TOKEN_B", evse_id=2)) == ReservationResult.Accepted
+
+    ports = RecordingPorts()
+    ports.reserve_result = False  # EVSE 2's manager, say, lost its state and now refuses
+    again = AuthHandler(everest_settings(), clock, ports, store)
+    for evse_id, index, connectors in FIXTURE_EVSES:
+        again.add_evse(evse_id, index, connectors)
+    again.start()
+
+    assert ports.calls_named("reserve") == [("reserve", 0, 7), ("reserve", 1, 8)]
+    assert ("reservation_update", 7, ReservationUpdate.Removed) in ports.calls
+    assert ("reservation_update", 8, ReservationUpdate.Removed) in ports.calls
+    assert again.reservations.reservations() == []
+
+
+def test_restart_releases_evses_no_longer_held(clock: FakeClock, tmp_path) -> None:
+    """Station-wide reservations held both EVSEs (reserve -1); one of them expires while the
+    module is down: after the restart no EVSE is held any more, so both are released."""
+    from datetime import timedelta
+
+    from auth_module.store import ReservationStore
+    from auth_module.types import Reservation
+
+    store = ReservationStore(tmp_path / "r.json")
+
+    def handler(ports: RecordingPorts, clock: FakeClock) -> AuthHandler:
+        h = AuthHandler(everest_settings(), clock, ports, store)
+        for evse_id, index, connectors in FIXTURE_EVSES:
+            h.add_evse(evse_id, index, connectors)
+        h.start()
+        return h
+
+    first_ports = RecordingPorts()
+    first = handler(first_ports, clock)
+    soon = (clock.utcnow() + timedelta(seconds=10)).isoformat()
+    later = (clock.utcnow() + timedelta(hours=1)).isoformat()
+    assert first.reserve_now(Reservation(reservation_id=1, id_token="A", expiry_time=soon)) \
+        == ReservationResult.Accepted
+    assert first.reserve_now(Reservation(reservation_id=2, id_token="B", expiry_time=later)) \
+        == ReservationResult.Accepted
+    assert sorted(first_ports.calls_named("reserve_nowait")) == [
+        ("reserve_nowait", 0, -1), ("reserve_nowait", 1, -1)]
+
+    # Down while reservation 1 expires: the next process has a new clock, 20 s later.
+    ports = RecordingPorts()
+    handler(ports, FakeClock(start=clock.utcnow() + timedelta(seconds=20)))
+    assert sorted(ports.calls_named("cancel_reservation")) == [
+        ("cancel_reservation", 0), ("cancel_reservation", 1)]
+    assert ("reservation_update", 1, ReservationUpdate.Expired) in ports.calls
+    assert ports.calls_named("reserve_nowait") == []

@@ -132,3 +132,13 @@ def test_save_failure_is_logged_not_raised(tmp_path: Path) -> None:
         assert ReservationStore(path).save(ITEMS) is False
     assert [entry["log_level"] for entry in logs] == ["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_load_removes_temp_files_left_by_a_kill(tmp_path: Path) -> None:
+    """A kill during save leaves `.<name>.*.tmp`; the next load clears that litter only."""
+    store = ReservationStore(tmp_path / "reservations.json")
+    (tmp_path / ".reservations.json.abc123.tmp").write_text("half a write")
+    (tmp_path / "other.tmp").write_text("not ours")
+    assert store.load() == []
+    assert not (tmp_path / ".reservations.json.abc123.tmp").exists()
+    assert (tmp_path / "other.tmp").exists()
