@@ -10,6 +10,7 @@ import structlog
 from pydantic import ValidationError
 
 from .bus import BusClient, CommandError, CommandTimeout, NotConnected
+from .logs import remember_token
 from .plugins.base import TokenValidator
 from .station import BusConnection
 from .types import (
@@ -75,9 +76,13 @@ class BusPorts:
     def _ask(self, validator: TokenValidator, token: ProvidedIdToken) -> ValidationResult:
         try:
             if isinstance(validator, BusValidator):
-                return validator.validate(token)
-            future = self._plugin_pool.submit(validator.validate, token)
-            return future.result(timeout=self._validator_timeout)
+                result = validator.validate(token)
+            else:
+                future = self._plugin_pool.submit(validator.validate, token)
+                result = future.result(timeout=self._validator_timeout)
+            if result.parent_id_token is not None:
+                remember_token(result.parent_id_token.value)
+            return result
         except (CommandTimeout, FutureTimeout):
             reason = f"no answer within {self._validator_timeout:g} s"
         except CommandError as exc:

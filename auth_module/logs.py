@@ -2,18 +2,24 @@
 
 Token values are personal data (a card UID identifies a person), so every log field that
 carries one is masked by a processor before rendering, unless the station file asks for
-``logging.show_tokens: true`` (for a bench, never for a public charger).
+``logging.show_tokens: true`` (for a bench, never for a public charger). Other modules may
+echo a token inside free text (an error message); the module therefore remembers the token
+values it has seen recently and masks them wherever they appear in a log line.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import structlog
 
 TOKEN_FIELDS = frozenset({"token", "id_token", "parent_id_token", "id_tag"})
+_MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
 
 
 def mask(value: str) -> str:
@@ -23,11 +29,55 @@ def mask(value: str) -> str:
     return f"{value[:2]}…{value[-2:]}"
 
 
+class RecentSecrets:
+    """The last ``size`` token values seen, as one case-insensitive regular expression."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, value: str | None) -> None:
+        if not value or len(value) < _MIN_SECRET_LEN:
+            return
+        key = value.casefold()
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return
+            self._values[key] = None
+            if len(self._values) > self._size:
+                self._values.popitem(last=False)
+            self._pattern = None
+
+    def scrub(self, text: str) -> str:
+        with self._lock:
+            if not self._values:
+                return text
+            if self._pattern is None:
+                alternatives = sorted(self._values, key=len, reverse=True)
+                self._pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE)
+            pattern = self._pattern
+        return pattern.sub(lambda m: mask(m.group(0)), text)
+
+
+SECRETS = RecentSecrets()
+
+
+def remember_token(value: str | None) -> None:
+    """Note a token value so that it is masked wherever it shows up in a later log line."""
+    SECRETS.add(value)
+
+
 def mask_tokens(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    for key in TOKEN_FIELDS & event_dict.keys():
-        value = event_dict[key]
-        if isinstance(value, str):
+    for key, value in event_dict.items():
+        if not isinstance(value, str):
+            continue
+        if key in TOKEN_FIELDS:
             event_dict[key] = mask(value)
+        elif key not in ("timestamp", "level"):
+            event_dict[key] = SECRETS.scrub(value)
     return event_dict
 
 

@@ -19,6 +19,7 @@ from .bus_ports import BusPorts, BusValidator
 from .core.clock import Clock, RealClock
 from .core.gate import StartupGate
 from .core.handler import AuthHandler, AuthSettings
+from .logs import remember_token
 from .plugins.base import TokenProvider, TokenValidator
 from .schema import InterfaceSchemas
 from .station import BusConnection, Station
@@ -41,6 +42,10 @@ log = structlog.get_logger("module")
 
 class StartupError(Exception):
     """The station cannot run as configured (e.g. EVSE managers out of order)."""
+
+
+class _Stopped(Exception):
+    """Asked to stop while waiting."""
 
 
 class NotReadyError(Exception):
@@ -155,10 +160,10 @@ class AuthModule:
                 if stop.is_set():
                     return None
                 try:
-                    evse = Evse.model_validate(self.bus.call(
-                        conn.module_id, conn.implementation_id, "get_evse", {},
-                        timeout=self.station.timeouts.command_s))
+                    evse = Evse.model_validate(self._call_unless_stopped(conn, "get_evse", stop))
                     break
+                except _Stopped:
+                    return None
                 except (CommandError, CommandTimeout, NotConnected, ValidationError) as exc:
                     if not warned:
                         log.warning("waiting for EVSE manager", evse_manager=conn.module_id,
@@ -173,6 +178,24 @@ class AuthModule:
                     f"list the EVSE managers in evse id order")
             found.append(evse)
         return found
+
+    def _call_unless_stopped(self, conn: BusConnection, cmd: str, stop: threading.Event) -> Any:
+        """A blocking call that gives up at once when ``stop`` is set (SIGTERM at start-up)."""
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def on_result(result: Any) -> None:
+            outcome.append(result)
+            done.set()
+
+        self.bus.call_async(conn.module_id, conn.implementation_id, cmd, {},
+                            timeout=self.station.timeouts.command_s, on_result=on_result)
+        while not done.wait(0.05):
+            if stop.is_set():
+                raise _Stopped
+        if outcome[0].error is not None:
+            raise outcome[0].error
+        return outcome[0].retval
 
     def _on_connection_change(self, connected: bool) -> None:
         if connected and self.ready.is_set():
@@ -209,6 +232,9 @@ class AuthModule:
 
     def accept_token(self, token: ProvidedIdToken) -> None:
         """Hand a token to a worker thread (from the bus or an in-process provider)."""
+        remember_token(token.id_token.value)
+        if token.parent_id_token is not None:
+            remember_token(token.parent_id_token.value)
         if not self.ready.is_set():
             log.warning("token dropped: module not ready yet", token=token.id_token.value)
             return

@@ -261,6 +261,23 @@ def test_signal_while_waiting_for_the_broker_exits_zero(tmp_path: Path, sig: sig
     assert "Traceback" not in rig.module_log()
 
 
+def test_sigterm_while_waiting_for_get_evse_exits_promptly(broker: Mosquitto, tmp_path: Path) -> None:
+    """No EVSE manager answers get_evse: a SIGTERM still ends the module at once, not after
+    the command timeout (set long here so that waiting for it would fail the bound)."""
+    rig = Rig(broker, tmp_path, scripted=True, extra={"timeouts": {"command_s": 30.0}})
+    try:
+        rig.write_station()  # no simulators: get_evse is never answered
+        proc = rig.start_module(wait_ready=False)
+        wait_until(lambda: "get_evse" in rig.module_log() or "waiting for EVSE manager"
+                   in rig.module_log() or "bus starting" in rig.module_log(), 10.0,
+                   "the module to start asking for its EVSEs")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10.0) == 0, rig.module_log()[-2000:]
+    finally:
+        rig.stop()
+    assert "Traceback" not in rig.module_log()
+
+
 # --- evse id mismatch --------------------------------------------------------------------------
 
 

@@ -30,7 +30,6 @@ VALID_1, VALID_2, INVALID = "VALID_RFID_1", "VALID_RFID_2", "INVALID_RFID"
 VALIDATORS = [ValidatorSpec("validator", tokens=[{"id_token": VALID_1}, {"id_token": VALID_2}])]
 ERROR_EVENTS = {"SchemaValidationFailed", "MessageParsingFailed", "HandlerException", "Timeout",
                 "NotReady"}
-FINAL = {"Rejected", "TimedOut", "UsedToStart", "UsedToStop", "Withdrawn"}
 
 # §6 field names
 PROVIDED_ID_TOKEN_FIELDS = {"id_token", "authorization_type", "request_id", "parent_id_token",

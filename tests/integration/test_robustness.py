@@ -348,10 +348,6 @@ def test_log_is_json_lines_and_tokens_are_masked(broker: Mosquitto, tmp_path: Pa
             f"no masked form of {token} in the log"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the text of another module's command error is logged verbatim, so a token value it "
-    "echoes is written unmasked although show_tokens is off (validator: 'validator failed; "
-    "counting it as Unknown' reason=...; EVSE manager: bus 'call failed' error=...)"))
 @pytest.mark.parametrize("echoer", ["validator", "evse_manager"])
 def test_token_echoed_in_another_modules_error_is_masked_in_the_log(
         broker: Mosquitto, tmp_path: Path, rigs: list[Rig], echoer: str) -> None:
