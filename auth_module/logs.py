@@ -29,14 +29,23 @@ def mask(value: str) -> str:
     return f"{value[:2]}…{value[-2:]}"
 
 
+# A "word" of free text: what a token can be part of in an error message.
+_WORD = re.compile(r"[^\s'\"`,;()\[\]{}<>=|]+")
+_TRAILING = ".:!?"
+
+
 class RecentSecrets:
-    """The last ``size`` token values seen, as one case-insensitive regular expression."""
+    """The last ``size`` token values seen; masks them where they stand as words in text.
+
+    Looking words up in a set keeps the cost per log line independent of how many tokens
+    are remembered (a regular expression of every token would have to be rebuilt for each
+    new card).
+    """
 
     def __init__(self, size: int = 1024) -> None:
         self._values: OrderedDict[str, None] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
-        self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: str | None) -> None:
         if not value or len(value) < _MIN_SECRET_LEN:
@@ -49,17 +58,18 @@ class RecentSecrets:
             self._values[key] = None
             if len(self._values) > self._size:
                 self._values.popitem(last=False)
-            self._pattern = None
 
     def scrub(self, text: str) -> str:
-        with self._lock:
-            if not self._values:
-                return text
-            if self._pattern is None:
-                alternatives = sorted(self._values, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE)
-            pattern = self._pattern
-        return pattern.sub(lambda m: mask(m.group(0)), text)
+        if not self._values:
+            return text
+        return _WORD.sub(self._mask_word, text)
+
+    def _mask_word(self, match: re.Match[str]) -> str:
+        word = match.group(0)
+        core = word.rstrip(_TRAILING)
+        if core.casefold() in self._values:
+            return mask(core) + word[len(core):]
+        return word
 
 
 SECRETS = RecentSecrets()

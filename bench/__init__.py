@@ -10,6 +10,7 @@ holds small helpers the two benchmarks share; it changes nothing in ``auth_modul
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -65,3 +66,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > end:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.005)
+
+
+def source_fingerprint() -> str:
+    """A short hash of ``auth_module/**/*.py``: which code a figure was measured on."""
+    h = hashlib.sha256()
+    for path in sorted((PROJECT_ROOT / "auth_module").rglob("*.py")):
+        h.update(str(path.relative_to(PROJECT_ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]

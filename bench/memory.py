@@ -41,7 +41,7 @@ import psutil
 import yaml
 
 from auth_module.bus import BusClient
-from bench import AUTH_MODULE, PROJECT_ROOT, quiet_logging, wait_until
+from bench import AUTH_MODULE, PROJECT_ROOT, quiet_logging, source_fingerprint, wait_until
 from simulators.broker import Mosquitto
 from simulators.launcher import start_station
 
@@ -117,6 +117,7 @@ def run(cycles: int, settle: float, module_command: list[str] | None = None) -> 
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     log_path = tmp / "auth-module.log"
     command = module_command or [AUTH_MODULE]
+    fingerprint = source_fingerprint()
     proc: subprocess.Popen[bytes] | None = None
     station = None
     observer: BusClient | None = None
@@ -210,13 +211,19 @@ def run(cycles: int, settle: float, module_command: list[str] | None = None) -> 
                 station.stop()
 
     worst = max(r["rss_mb"] for r in readings.values())
+    growth = None
+    if cycles > 1:
+        growth = ((readings[f"after {cycles} cycles"]["rss_mb"] - readings["after 1 cycle"]["rss_mb"])
+                  / (cycles - 1) * 100)
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "module_command": command,
+        "auth_module_fingerprint": fingerprint,
         "cycles": cycles,
         "readings": readings,
         "max_rss_mb": worst,
+        "rss_growth_mb_per_100_cycles": growth,
         "target": {"rss_mb_limit": TARGET_RSS_MB, "pass": worst < TARGET_RSS_MB},
         "pass": worst < TARGET_RSS_MB,
     }
@@ -224,12 +231,16 @@ def run(cycles: int, settle: float, module_command: list[str] | None = None) -> 
 
 def report(r: dict[str, Any]) -> str:
     lines = [f"module memory on the demo station ({r['cycles']} charging cycles), "
-             f"Python {r['machine']['python']}",
+             f"Python {r['machine']['python']}, auth_module {r['auth_module_fingerprint']}",
              f"{'':<20} {'RSS MB':>8} {'USS MB':>8} {'peak RSS':>9} {'threads':>8}"]
     for name, m in r["readings"].items():
         uss = f"{m['uss_mb']:8.1f}" if m.get("uss_mb") is not None else f"{'n/a':>8}"
         peak = f"{m['peak_rss_mb']:9.1f}" if m.get("peak_rss_mb") is not None else f"{'n/a':>9}"
         lines.append(f"{name:<20} {m['rss_mb']:8.1f} {uss} {peak} {m['threads']:>8}")
+    if r["rss_growth_mb_per_100_cycles"] is not None:
+        lines.append(f"RSS growth after the first cycle: "
+                     f"{r['rss_growth_mb_per_100_cycles']:+.2f} MB per 100 cycles "
+                     f"({r['cycles'] * 5} swipes, one new token value per cycle)")
     lines.append(f"{'PASS' if r['pass'] else 'FAIL'}  RSS {r['max_rss_mb']:.1f} MB "
                  f"< {TARGET_RSS_MB:.0f} MB")
     return "\n".join(lines)

@@ -55,7 +55,7 @@ import yaml
 
 from auth_module.bus import BusClient
 from auth_module.bus.envelopes import cmd_topic, encode, parse_cmd, var_envelope
-from bench import AUTH_MODULE, quiet_logging, summary_ms
+from bench import AUTH_MODULE, quiet_logging, source_fingerprint, summary_ms
 from simulators.broker import Mosquitto
 from simulators.token_provider import make_token
 
@@ -318,7 +318,8 @@ class Echo:
 # --------------------------------------------------------------------------- the run
 
 
-def write_station(path: Path, host: str, port: int, store: Path) -> None:
+def write_station(path: Path, host: str, port: int, store: Path,
+                  log_level: str = "warning") -> None:
     station = {
         "mqtt": {"host": host, "port": port, "prefix": PREFIX},
         "module_id": MODULE_ID,
@@ -329,7 +330,7 @@ def write_station(path: Path, host: str, port: int, store: Path) -> None:
             "evse_manager": [{"module_id": EVSE_ID, "implementation_id": "evse"}],
         },
         "reservations": {"store": str(store)},
-        "logging": {"level": "warning"},
+        "logging": {"level": log_level},
     }
     path.write_text(yaml.safe_dump(station, sort_keys=False))
 
@@ -367,9 +368,10 @@ def _cpu_snapshot() -> tuple[float, float] | None:
 
 def run(tokens: int, warmup: int, progress: bool,
         module_command: list[str] | None = None,
-        samples_path: Path | None = None) -> dict[str, Any]:
+        samples_path: Path | None = None, log_level: str = "warning") -> dict[str, Any]:
     command = module_command or [AUTH_MODULE]
     load_before = os.getloadavg()
+    fingerprint = source_fingerprint()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     station_path = tmp / "station.yaml"
     log_path = tmp / "auth-module.log"
@@ -380,7 +382,7 @@ def run(tokens: int, warmup: int, progress: bool,
     with Mosquitto() as broker:
         host, port = broker.host, broker.port
         try:
-            write_station(station_path, host, port, tmp / "reservations.json")
+            write_station(station_path, host, port, tmp / "reservations.json", log_level)
             validator = Validator(host, port)
             evse = EvseStandIn(host, port)
             observer = Observer(host, port)
@@ -500,6 +502,8 @@ def run(tokens: int, warmup: int, progress: bool,
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "module_command": command,
+        "auth_module_fingerprint": fingerprint,
+        "module_log_level": log_level,
         "tokens": tokens,
         "warmup": warmup,
         "qos": QOS,
@@ -530,9 +534,10 @@ def _fmt_row(name: str, s: dict[str, Any]) -> str:
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"token latency bench: {r['tokens']} tokens after {r['warmup']} warm-up, QoS {r['qos']}, "
+        f"module log level {r['module_log_level']}, "
         f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average "
         f"{r['machine']['loadavg_before'][0]:.2f} before / "
-        f"{r['machine']['loadavg_after'][0]:.2f} after",
+        f"{r['machine']['loadavg_after'][0]:.2f} after, auth_module {r['auth_module_fingerprint']}",
         f"{'(milliseconds)':<28} {'n':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'mean':>8}",
         _fmt_row("provided_token -> authorize", r["token_ms"]),
         _fmt_row("bare MQTT echo round trip", r["echo_ms"]),
@@ -564,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=2000, help="measured tokens (default 2000)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up tokens (default 100)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
+                   help="the module's logging.level (default warning, so that logging does "
+                        "not dominate; the module's log goes to a temp file)")
     p.add_argument("--samples", default=None, metavar="FILE", type=Path,
                    help="also write every measured token's timestamps (perf_counter_ns: "
                         "CLOCK_MONOTONIC, comparable across processes) as JSON lines")
@@ -578,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args.tokens, args.warmup, progress=not args.json,
                      module_command=shlex.split(args.module_command) if args.module_command
-                     else None, samples_path=args.samples)
+                     else None, samples_path=args.samples, log_level=args.log_level)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         for note in getattr(exc, "__notes__", ()):

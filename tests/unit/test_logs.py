@@ -32,3 +32,9 @@ def test_recent_secrets_forget_the_oldest_and_ignore_short_values() -> None:
     for value in ("AAAA1111", "BBBB2222", "CCCC3333", "ab"):
         secrets.add(value)
     assert secrets.scrub("AAAA1111 BBBB2222 CCCC3333 ab") == "AAAA1111 BB…22 CC…33 ab"
+
+
+def test_a_token_at_the_end_of_a_sentence_is_masked() -> None:
+    secrets = RecentSecrets()
+    secrets.add("CARD_77889900")
+    assert secrets.scrub("unknown card CARD_77889900.") == "unknown card CA…00."
