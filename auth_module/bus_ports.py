@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
-from .bus import BusClient, CommandError, CommandTimeout, NotConnected
+from .bus import BusClient, CallOutcome, CommandError, CommandTimeout, NotConnected
+from .core.clock import Clock, RealClock
 from .logs import remember_token
 from .plugins.base import TokenValidator
 from .station import BusConnection
@@ -36,13 +38,48 @@ class BusValidator:
         self._bus, self._conn, self._timeout = bus, connection, timeout_s
 
     def validate(self, token: ProvidedIdToken) -> ValidationResult:
+        """Blocking form, for tools and tests; the module uses :meth:`ask`."""
         retval = self._bus.call(self._conn.module_id, self._conn.implementation_id,
                                 "validate_token", {"provided_token": to_wire(token)},
                                 timeout=self._timeout)
         return ValidationResult.model_validate(retval)
 
+    def ask(self, token: ProvidedIdToken, on_answer: Callable[[CallOutcome], None]) -> None:
+        """Send the request and return; the answer (or its timeout) is handed to
+        ``on_answer`` on the thread that receives it, with no hand-off in between."""
+        self._bus.call_async(self._conn.module_id, self._conn.implementation_id,
+                             "validate_token", {"provided_token": to_wire(token)},
+                             timeout=self._timeout, on_result=on_answer, inline=True)
+
     def close(self) -> None:
         pass
+
+
+class _Round:
+    """One token's answers from every validator; calls back once, when all are in.
+
+    Each validator answers exactly once: the first of its answer and its time limit wins.
+    """
+
+    def __init__(self, count: int, on_done: Callable[[list[ValidationResult]], None]) -> None:
+        self._results: list[ValidationResult | None] = [None] * count
+        self._left = count
+        self._lock = threading.Lock()
+        self._on_done = on_done
+
+    def answered(self, index: int) -> bool:
+        with self._lock:
+            return self._results[index] is not None
+
+    def answer(self, index: int, result: ValidationResult) -> None:
+        with self._lock:
+            if self._results[index] is not None:
+                return
+            self._results[index] = result
+            self._left -= 1
+            if self._left:
+                return
+        self._on_done([r for r in self._results if r is not None])
 
 
 class BusPorts:
@@ -55,43 +92,90 @@ class BusPorts:
         validators: Sequence[TokenValidator],
         command_timeout_s: float,
         validator_timeout_s: float,
+        clock: Clock | None = None,
     ) -> None:
         self._bus = bus
         self._evses = list(evse_managers)
         self._validators = list(validators)
         self._command_timeout = command_timeout_s
         self._validator_timeout = validator_timeout_s
-        # In-process validators run here so a hanging one costs a bounded wait, not a thread
-        # of the caller forever; bus validators block only on their own reply.
+        self._clock = clock or RealClock()
+        self._own_clock = clock is None
+        # In-process validators run here, each wait bounded by a timer, so a hanging one
+        # costs a pool thread, never a token's final status.
         self._plugin_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="validator")
 
     def close(self) -> None:
         self._plugin_pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_clock and isinstance(self._clock, RealClock):
+            self._clock.stop()
 
     # --- validation -----------------------------------------------------------------------
 
-    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
-        return [self._ask(validator, token) for validator in self._validators]
-
-    def _ask(self, validator: TokenValidator, token: ProvidedIdToken) -> ValidationResult:
-        try:
+    def validate(self, token: ProvidedIdToken,
+                 on_done: Callable[[list[ValidationResult]], None]) -> None:
+        """Ask every validator at once; answers are put back in station-file order."""
+        if not self._validators:
+            on_done([])
+            return
+        round_ = _Round(len(self._validators), on_done)
+        for index, validator in enumerate(self._validators):
             if isinstance(validator, BusValidator):
-                result = validator.validate(token)
+                self._ask_bus(validator, index, token, round_)
             else:
-                future = self._plugin_pool.submit(validator.validate, token)
-                result = future.result(timeout=self._validator_timeout)
-            if result.parent_id_token is not None:
-                remember_token(result.parent_id_token.value)
-            return result
-        except (CommandTimeout, FutureTimeout):
+                self._ask_plugin(validator, index, token, round_)
+
+    def _ask_bus(self, validator: BusValidator, index: int, token: ProvidedIdToken,
+                 round_: _Round) -> None:
+        def on_answer(outcome: CallOutcome) -> None:
+            if outcome.error is not None:
+                round_.answer(index, self._failed(validator, outcome.error))
+                return
+            try:
+                result = ValidationResult.model_validate(outcome.retval)
+            except ValidationError as exc:
+                round_.answer(index, self._failed(validator, exc))
+                return
+            round_.answer(index, self._accepted_answer(result))
+
+        validator.ask(token, on_answer)
+
+    def _ask_plugin(self, validator: TokenValidator, index: int, token: ProvidedIdToken,
+                    round_: _Round) -> None:
+        def run() -> None:
+            try:
+                result = validator.validate(token)
+            except Exception as exc:  # a plugin may raise anything; the token still ends
+                round_.answer(index, self._failed(validator, exc))
+            else:
+                round_.answer(index, self._accepted_answer(result))
+            timer.cancel()
+
+        timer = self._clock.call_later(
+            self._validator_timeout,
+            lambda: round_.answered(index)
+            or round_.answer(index, self._failed(validator, FutureTimeout())))
+        try:
+            self._plugin_pool.submit(run)
+        except RuntimeError as exc:  # shutting down
+            round_.answer(index, self._failed(validator, exc))
+
+    @staticmethod
+    def _accepted_answer(result: ValidationResult) -> ValidationResult:
+        if result.parent_id_token is not None:
+            remember_token(result.parent_id_token.value)
+        return result
+
+    def _failed(self, validator: TokenValidator, exc: BaseException) -> ValidationResult:
+        if isinstance(exc, (CommandTimeout, FutureTimeout)):
             reason = f"no answer within {self._validator_timeout:g} s"
-        except CommandError as exc:
+        elif isinstance(exc, CommandError):
             reason = f"answered an error ({exc})"
-        except NotConnected:
+        elif isinstance(exc, NotConnected):
             reason = "the broker is not connected"
-        except ValidationError as exc:
+        elif isinstance(exc, ValidationError):
             reason = f"answered a malformed result ({exc.error_count()} problems)"
-        except Exception as exc:  # a plugin may raise anything; the token still gets an answer
+        else:
             reason = f"raised {type(exc).__name__}: {exc}"
         log.warning("validator failed; counting it as Unknown", validator=validator.name,
                     reason=reason)

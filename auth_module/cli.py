@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import configure_logging
     from .module import AuthModule, StartupError
 
-    configure_logging(station.logging.level, station.logging.format, station.logging.show_tokens)
+    configure_logging(station.logging.level, station.logging.format, station.logging.show_tokens,
+                      cache=True)
     try:
         module = AuthModule(station)
     except StationError as exc:  # a plugin's name or options

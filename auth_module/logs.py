@@ -91,8 +91,14 @@ def mask_tokens(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[st
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", show_tokens: bool = False) -> None:
-    """Set up structlog once for the process. ``fmt``: auto | console | json."""
+def configure_logging(level: str = "info", fmt: str = "auto", show_tokens: bool = False,
+                      cache: bool = False) -> None:
+    """Set up structlog once for the process. ``fmt``: auto | console | json.
+
+    ``cache``: loggers bind their configuration on first use, so a log call below the level
+    costs ~1 µs instead of ~8; for a process that configures logging once (the module), not
+    for tests that reconfigure it.
+    """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     processors: list[Any] = [
@@ -111,5 +117,5 @@ def configure_logging(level: str = "info", fmt: str = "auto", show_tokens: bool 
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )

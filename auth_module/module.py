@@ -68,7 +68,8 @@ class AuthModule:
         self._load_plugins()
         self.ports = BusPorts(self.bus, station.evse_managers, self.validators,
                               command_timeout_s=station.timeouts.command_s,
-                              validator_timeout_s=station.timeouts.validator_s)
+                              validator_timeout_s=station.timeouts.validator_s,
+                              clock=self.clock)
         settings = AuthSettings(
             selection_algorithm=SelectionAlgorithm(cfg.selection_algorithm),
             connection_timeout=cfg.connection_timeout,

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m bench.memory [--cycles 20] [--json]
+    python -m bench.memory [--cycles 200] [--json]
 
 Starts a private mosquitto on a free loopback port, rewrites ``config/demo.yaml`` to that
 port (and a reservation store in a temp dir), runs the demo's simulators in this process
@@ -17,8 +17,11 @@ and reads the module process's memory with psutil:
   unplug both.
 
 Reported: RSS, USS (memory only this process holds; psutil ``memory_full_info``), the peak
-RSS (VmHWM) and the thread count. Target: RSS < 60 MB at every reading (PASS/FAIL). Exit
-status 0 on PASS, 1 on FAIL, 2 when the bench itself could not run.
+RSS (VmHWM), the thread count, and the RSS growth per 100 cycles after the first one. The
+unknown token is a new value every cycle, so anything kept per token value shows up as
+growth (``--cycles 1500`` makes a soak run of 7500 swipes, about a minute). Target: RSS
+< 60 MB at every reading (PASS/FAIL). Exit status 0 on PASS, 1 on FAIL, 2 when the bench
+itself could not run.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench.memory",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--cycles", type=int, default=20, help="charging cycles (default 20)")
+    p.add_argument("--cycles", type=int, default=200, help="charging cycles (default 200)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds to wait before each reading (default 1)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")

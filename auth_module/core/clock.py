@@ -101,7 +101,10 @@ class RealClock:
         handle = TimerHandle(self.monotonic() + max(0.0, delay_s), callback)
         with self._cond:
             self._queue.push(handle)
-            self._cond.notify()
+            # Wake the timer thread only if it now has to fire sooner: a token's 30 s
+            # timer must not cost a thread switch on the authorization path.
+            if self._queue.next_due() == handle.due:
+                self._cond.notify()
         return handle
 
     def call_at(self, when: datetime, callback: Callable[[], None]) -> TimerHandle:
