@@ -88,6 +88,7 @@ class RealClock:
         self._queue = _TimerQueue()
         self._cond = threading.Condition()
         self._stopped = False
+        self._wake_at = float("inf")  # when the timer thread wakes by itself next
         self._thread = threading.Thread(target=self._loop, name="clock", daemon=True)
         self._thread.start()
 
@@ -101,9 +102,9 @@ class RealClock:
         handle = TimerHandle(self.monotonic() + max(0.0, delay_s), callback)
         with self._cond:
             self._queue.push(handle)
-            # Wake the timer thread only if it now has to fire sooner: a token's 30 s
-            # timer must not cost a thread switch on the authorization path.
-            if self._queue.next_due() == handle.due:
+            # Wake the timer thread only if it would otherwise sleep past this timer: a
+            # token's 30 s timer must not cost a thread switch on the authorization path.
+            if handle.due < self._wake_at:
                 self._cond.notify()
         return handle
 
@@ -126,7 +127,9 @@ class RealClock:
                     if handle is not None:
                         break
                     due = self._queue.next_due()
+                    self._wake_at = float("inf") if due is None else due
                     self._cond.wait(None if due is None else max(0.0, due - self.monotonic()))
+                    self._wake_at = float("-inf")  # awake: every new timer is seen anyway
             _run(handle)
 
 
