@@ -46,7 +46,7 @@ class BusValidator:
 
     def ask(self, token: ProvidedIdToken, on_answer: Callable[[CallOutcome], None]) -> None:
         """Send the request and return; the answer (or its timeout) is handed to
-        ``on_answer`` on the thread that receives it, with no hand-off in between."""
+        ``on_answer`` on the thread that receives it (it only records the answer)."""
         self._bus.call_async(self._conn.module_id, self._conn.implementation_id,
                              "validate_token", {"provided_token": to_wire(token)},
                              timeout=self._timeout, on_result=on_answer, inline=True)
@@ -57,6 +57,9 @@ class BusValidator:
 
 class _Round:
     """One token's answers from every validator; calls back once, when all are in.
+
+    The callback only stores the list: it may run on paho's network thread (a bus
+    validator's answer), which must never do the token's work.
 
     Each validator answers exactly once: the first of its answer and its time limit wins.
     """
@@ -112,18 +115,29 @@ class BusPorts:
 
     # --- validation -----------------------------------------------------------------------
 
-    def validate(self, token: ProvidedIdToken,
-                 on_done: Callable[[list[ValidationResult]], None]) -> None:
-        """Ask every validator at once; answers are put back in station-file order."""
+    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
+        """Ask every validator at once and wait for all of them, on the token's own thread.
+
+        Answers are kept in station-file order. Each validator is bounded by
+        ``validator_timeout_s`` (the bus call's timeout, or a clock timer for a plugin), so
+        the wait ends by then; the extra margin below only guards against a lost timer.
+        """
         if not self._validators:
-            on_done([])
-            return
-        round_ = _Round(len(self._validators), on_done)
+            return []
+        done = threading.Event()
+        answers: list[list[ValidationResult]] = []
+        round_ = _Round(len(self._validators), lambda results: (answers.append(results),
+                                                                done.set()))
         for index, validator in enumerate(self._validators):
             if isinstance(validator, BusValidator):
                 self._ask_bus(validator, index, token, round_)
             else:
                 self._ask_plugin(validator, index, token, round_)
+        if not done.wait(self._validator_timeout + 2.0):
+            for index, validator in enumerate(self._validators):
+                if not round_.answered(index):
+                    round_.answer(index, self._failed(validator, FutureTimeout()))
+        return answers[0]
 
     def _ask_bus(self, validator: BusValidator, index: int, token: ProvidedIdToken,
                  round_: _Round) -> None:

@@ -160,11 +160,11 @@ class AuthHandler:
     # --- tokens ---------------------------------------------------------------------------
 
     def on_token(self, token: ProvidedIdToken) -> TokenOutcome:
-        """Handle one presented token.
+        """Handle one presented token, on the caller's (its own worker) thread.
 
-        Returns its outcome, or ``PENDING`` when the outcome is not known yet: validators
-        still to answer, or an accepted token waiting for a car. The final status is
-        published when it is known, from whichever thread learns it.
+        Blocks only while the validators are asked, with the lock released. Returns the
+        outcome, or ``PENDING`` when the token was accepted and now waits for a car; its
+        final status is published when that resolves.
         """
         with self._lock:
             referenced = self._referenced_evses(token)
@@ -180,19 +180,15 @@ class AuthHandler:
             if early is not None:
                 return self._finish(request, early)
         if token.prevalidated:
-            return self._on_validated(request, [ValidationResult(
-                authorization_status=AuthorizationStatus.Accepted,
-                parent_id_token=token.parent_id_token)])
-        answered: list[TokenOutcome] = []
-        try:
-            self._ports.validate(request.token,
-                                 lambda results: answered.append(self._on_validated(request, results)))
-        except Exception as exc:  # the port should not raise; if it does, the token still ends
-            log.error("validation failed", error=repr(exc))
-            if not answered:
-                return self._on_validated(
-                    request, [ValidationResult(authorization_status=AuthorizationStatus.Unknown)])
-        return answered[0] if answered else TokenOutcome.PENDING
+            results = [ValidationResult(authorization_status=AuthorizationStatus.Accepted,
+                                        parent_id_token=token.parent_id_token)]
+        else:
+            try:
+                results = self._ports.validate(request.token)
+            except Exception as exc:  # the port should not raise; if it does, the token ends
+                log.error("validation failed", error=repr(exc))
+                results = [ValidationResult(authorization_status=AuthorizationStatus.Unknown)]
+        return self._on_validated(request, results)
 
     def _on_validated(self, request: TokenRequest, results: list[ValidationResult]) -> TokenOutcome:
         """Every validator has answered: decide, and publish the final status if known."""

@@ -3,18 +3,15 @@
 The core decides; these calls carry its decisions out. ``module.py`` implements them over
 MQTT, the unit tests with plain recorders. Two rules keep the locking simple:
 
-* every call except :meth:`reserve` must return at once (publish and go): the core makes
-  them while holding its lock, which is what keeps, say, an ``authorize_response`` and the
-  ``withdraw_authorization`` that follows it in order;
-* :meth:`validate` answers through a callback, maybe at once, maybe later from another
-  thread; the core calls it without its lock so that a synchronous answer may re-enter;
-* :meth:`reserve` may block (it waits for an EVSE manager's yes or no), so the core calls
-  it only after releasing its lock.
+* every call except :meth:`validate` and :meth:`reserve` must return at once (publish and
+  go): the core makes them while holding its lock, which is what keeps, say, an
+  ``authorize_response`` and the ``withdraw_authorization`` that follows it in order;
+* :meth:`validate` and :meth:`reserve` may block (they wait for other modules' answers), so
+  the core calls them only after releasing its lock, on the token's own worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..types import (
@@ -27,11 +24,9 @@ from ..types import (
 
 
 class StationPorts(Protocol):
-    def validate(
-        self, token: ProvidedIdToken, on_done: Callable[[list[ValidationResult]], None]
-    ) -> None:
-        """Ask every validator; call ``on_done`` exactly once with one result per validator,
-        in station-file order (a failed or silent validator counts as Unknown)."""
+    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
+        """Ask every validator; one result each, in station-file order. Blocks for at most
+        the validators' time limit; never raises (a failed or silent validator is Unknown)."""
 
     def publish_token_validation_status(
         self, token: ProvidedIdToken, status: TokenValidationStatus, messages: list[dict[str, Any]]

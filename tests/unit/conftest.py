@@ -216,12 +216,11 @@ class RecordingPorts:
             self.calls.append(call)
 
     # StationPorts
-    def validate(self, token: ProvidedIdToken,
-                 on_done: Callable[[list[ValidationResult]], None]) -> None:
+    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
         self._record("validate", token.id_token.value)
         with self._lock:
             self.validated.append(token)
-        on_done(self.validate_fn(token))
+        return self.validate_fn(token)
 
     def publish_token_validation_status(self, token: ProvidedIdToken,
                                         status: TokenValidationStatus,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import sys
 import types
@@ -294,15 +293,6 @@ def test_missing_optional_dependency_says_what_to_install(tmp_path: Path,
 # --- failing while running: logged in one line, the module carries on ---------------------------
 
 
-def validate_sync(ports: BusPorts, provided: Any) -> list[Any]:
-    """BusPorts.validate answers through a callback; wait for it (bounded)."""
-    done = threading.Event()
-    box: list[list[Any]] = []
-    ports.validate(provided, lambda results: (box.append(results), done.set()))
-    assert done.wait(5.0), "validation did not finish"
-    return box[0]
-
-
 def test_a_validator_that_raises_counts_as_unknown(tmp_path: Path, vendor: None) -> None:
     station = station_with(tmp_path, [{"plugin": "vendor", "accept": ["AA01"]}])
     v = build_validator(plugins(station.token_validators)[0], station)
@@ -310,8 +300,8 @@ def test_a_validator_that_raises_counts_as_unknown(tmp_path: Path, vendor: None)
                      command_timeout_s=1.0, validator_timeout_s=2.0)
     try:
         with capture_logs() as logs:
-            [result] = validate_sync(ports, token("BOOM"))
-            [ok] = validate_sync(ports, token("AA01"))
+            [result] = ports.validate(token("BOOM"))
+            [ok] = ports.validate(token("AA01"))
     finally:
         ports.close()
     assert result.authorization_status == AuthorizationStatus.Unknown
