@@ -7,6 +7,7 @@ the test watches the bus like any other module would.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -400,3 +401,43 @@ class RawClient:
         self.publish(topic, {"msg_type": "Cmd",
                              "data": {"id": call_id, "args": args, "origin": origin}})
         return self.response(f"{topic}/response/{origin}", call_id, timeout)
+
+
+class EvseTaps:
+    """What the module sends the EVSE managers, in the module's own order, and proof that
+    a published event went through the broker (so it precedes whatever is sent next).
+
+    The scripted EVSE managers record commands from a worker pool, which may reorder two
+    quick ones; the observer's raw subscriptions see them in the order the module sent them.
+    """
+
+    def __init__(self, rig: Rig, prefix: str = "everest/") -> None:
+        self.rig = rig
+        self._prefix = prefix
+        self._lock = threading.Lock()
+        self._seen: dict[str, int] = {}
+        self.sent: list[tuple[int, str, dict[str, Any]]] = []  # (evse id, cmd, args)
+        obs = rig.observer
+        obs.subscribe_raw(f"{prefix}modules/+/impl/evse/var/session_event", self._on_seen)
+        obs.subscribe_raw(f"{prefix}modules/+/impl/evse/error/#", self._on_seen)
+        obs.subscribe_raw(f"{prefix}modules/+/impl/evse/cmd/+", self._on_cmd)
+
+    def _on_seen(self, topic: str, _payload: bytes) -> None:
+        with self._lock:
+            self._seen[topic] = self._seen.get(topic, 0) + 1
+
+    def _on_cmd(self, topic: str, payload: bytes) -> None:
+        module_id, cmd = topic.split("/")[2], topic.rsplit("/", 1)[1]
+        if not module_id.startswith("evse_manager_") or cmd == "get_evse":
+            return
+        args = json.loads(payload)["data"].get("args", {})
+        with self._lock:
+            self.sent.append((int(module_id.rsplit("_", 1)[1]), cmd, args))
+
+    def _through_broker(self, topic: str, publish: Callable[[], None]) -> None:
+        """Publish, and return once the broker has passed it on."""
+        with self._lock:
+            before = self._seen.get(topic, 0)
+        publish()
+        wait_until(lambda: self._seen.get(topic, 0) > before,
+                   message=f"{topic} through the broker")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ import pytest
 
 from simulators.broker import Mosquitto
 
-from .harness import DEADLINE_S, Rig, ValidatorSpec, wait_until
+from .harness import DEADLINE_S, EvseTaps, Rig, ValidatorSpec, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -88,7 +87,7 @@ def rfc3339(delta: timedelta) -> str:
     return (datetime.now(UTC) + delta).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class Station:
+class Station(EvseTaps):
     """A started Rig plus what the C++ fixture can see directly.
 
     The observer additionally taps the EVSE managers' session events and errors (to know
@@ -97,37 +96,10 @@ class Station:
     """
 
     def __init__(self, rig: Rig) -> None:
-        self.rig = rig
-        self._lock = threading.Lock()
-        self._seen: dict[str, int] = defaultdict(int)
-        self.sent: list[tuple[int, str, dict[str, Any]]] = []  # (evse id, cmd, args)
+        super().__init__(rig, PREFIX)
         self._reset_at: dict[int, tuple[int, int]] = {}
-        obs = rig.observer
-        obs.subscribe_raw(f"{PREFIX}modules/+/impl/evse/var/session_event", self._on_seen)
-        obs.subscribe_raw(f"{PREFIX}modules/+/impl/evse/error/#", self._on_seen)
-        obs.subscribe_raw(f"{PREFIX}modules/+/impl/evse/cmd/+", self._on_cmd)
-
-    # --- taps (observer's network thread) ------------------------------------------------
-
-    def _on_seen(self, topic: str, _payload: bytes) -> None:
-        with self._lock:
-            self._seen[topic] += 1
-
-    def _on_cmd(self, topic: str, payload: bytes) -> None:
-        module_id, cmd = topic.split("/")[2], topic.rsplit("/", 1)[1]
-        if not module_id.startswith("evse_manager_") or cmd == "get_evse":
-            return
-        args = json.loads(payload)["data"].get("args", {})
-        with self._lock:
-            self.sent.append((int(module_id.rsplit("_", 1)[1]), cmd, args))
 
     # --- acting ----------------------------------------------------------------------------
-
-    def _through_broker(self, topic: str, publish: Callable[[], None]) -> None:
-        with self._lock:
-            before = self._seen[topic]
-        publish()
-        wait_until(lambda: self._seen[topic] > before, message=f"{topic} through the broker")
 
     def event(self, evse_id: int, name: str, **sub: Any) -> None:
         topic = f"{PREFIX}modules/evse_manager_{evse_id}/impl/evse/var/session_event"

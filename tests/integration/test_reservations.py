@@ -48,7 +48,6 @@ import json
 import signal
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +57,7 @@ import pytest
 
 from simulators.broker import Mosquitto
 
-from .harness import Rig, ValidatorSpec, wait_until
+from .harness import EvseTaps, Rig, ValidatorSpec, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -91,42 +90,14 @@ def id_token(value: str) -> dict[str, str]:
     return {"value": value, "type": "ISO14443"}
 
 
-class Station:
+class Station(EvseTaps):
     """A started Rig plus taps on what the module sends the EVSE managers."""
 
     def __init__(self, rig: Rig) -> None:
-        self.rig = rig
-        self._lock = threading.Lock()
-        self._seen: dict[str, int] = defaultdict(int)
-        self.sent: list[tuple[int, str, dict[str, Any]]] = []  # (evse id, cmd, args), module's order
+        super().__init__(rig, PREFIX)
         self._next_id = 0
         self._probes = 0
         self.accepted: list[tuple[int, int | None]] = []  # (reservation id, evse id) Accepted
-        obs = rig.observer
-        obs.subscribe_raw(f"{PREFIX}modules/+/impl/evse/var/session_event", self._on_seen)
-        obs.subscribe_raw(f"{PREFIX}modules/+/impl/evse/error/#", self._on_seen)
-        obs.subscribe_raw(f"{PREFIX}modules/+/impl/evse/cmd/+", self._on_cmd)
-
-    # --- taps (observer's network thread) ---------------------------------------------------
-
-    def _on_seen(self, topic: str, _payload: bytes) -> None:
-        with self._lock:
-            self._seen[topic] += 1
-
-    def _on_cmd(self, topic: str, payload: bytes) -> None:
-        module_id, cmd = topic.split("/")[2], topic.rsplit("/", 1)[1]
-        if not module_id.startswith("evse_manager_") or cmd == "get_evse":
-            return
-        args = json.loads(payload)["data"].get("args", {})
-        with self._lock:
-            self.sent.append((int(module_id.rsplit("_", 1)[1]), cmd, args))
-
-    def _through_broker(self, topic: str, publish: Callable[[], None]) -> None:
-        """Publish, and return once the broker has passed it on (so it precedes what follows)."""
-        with self._lock:
-            before = self._seen[topic]
-        publish()
-        wait_until(lambda: self._seen[topic] > before, message=f"{topic} through the broker")
 
     # --- the reservation interface -------------------------------------------------------------
 
