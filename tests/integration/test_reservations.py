@@ -44,7 +44,6 @@ Skipped, because they inspect internal state only (nothing of them reaches the b
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
