@@ -11,6 +11,8 @@ holds small helpers the two benchmarks share; it changes nothing in ``auth_modul
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
 import math
 import sys
 import time
@@ -75,3 +77,15 @@ def source_fingerprint() -> str:
         h.update(str(path.relative_to(PROJECT_ROOT)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
+
+
+def stop_module(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM the module (as a user would), SIGKILL after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -44,7 +44,7 @@ import psutil
 import yaml
 
 from auth_module.bus import BusClient
-from bench import AUTH_MODULE, PROJECT_ROOT, quiet_logging, source_fingerprint, wait_until
+from bench import AUTH_MODULE, PROJECT_ROOT, quiet_logging, source_fingerprint, stop_module, wait_until
 from simulators.broker import Mosquitto
 from simulators.launcher import start_station
 
@@ -201,13 +201,7 @@ def run(cycles: int, settle: float, module_command: list[str] | None = None) -> 
         else:
             shutil.rmtree(tmp, ignore_errors=True)
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_module(proc)
             if observer is not None:
                 observer.stop()
             if station is not None:

@@ -55,7 +55,7 @@ import yaml
 
 from auth_module.bus import BusClient
 from auth_module.bus.envelopes import cmd_result_envelope, cmd_topic, encode, parse_cmd, var_envelope
-from bench import AUTH_MODULE, quiet_logging, source_fingerprint, summary_ms
+from bench import AUTH_MODULE, quiet_logging, source_fingerprint, stop_module, summary_ms
 from simulators.broker import Mosquitto
 from simulators.token_provider import make_token
 
@@ -520,13 +520,7 @@ def run(tokens: int, warmup: int, progress: bool,
         else:
             shutil.rmtree(tmp, ignore_errors=True)
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_module(proc)
             if echo is not None:
                 echo.stop()
             if observer is not None:

@@ -277,6 +277,18 @@ class Rig:
     def module_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """The module log's JSON lines, parsed (other lines skipped)."""
+        out = []
+        for line in self.module_log().splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+        return out
+
     # --- acting -----------------------------------------------------------------------------
 
     def evse(self, evse_id: int) -> Any:

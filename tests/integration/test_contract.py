@@ -44,15 +44,7 @@ def future(minutes: int = 30) -> str:
 
 
 def log_records(rig: Rig) -> list[dict[str, Any]]:
-    out = []
-    for line in rig.module_log().splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
+    return rig.log_records()
 
 
 def warnings_about(rig: Rig, *words: str) -> list[dict[str, Any]]:

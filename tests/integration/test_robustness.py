@@ -31,15 +31,7 @@ MARGIN_S = 4.0  # on top of the validator bound: a loaded machine must not fail 
 
 
 def log_records(rig: Rig) -> list[dict[str, Any]]:
-    out = []
-    for line in rig.module_log().splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
+    return rig.log_records()
 
 
 def event_text(record: dict[str, Any]) -> str:
