@@ -126,8 +126,12 @@ class BusPorts:
             return []
         done = threading.Event()
         answers: list[list[ValidationResult]] = []
-        round_ = _Round(len(self._validators), lambda results: (answers.append(results),
-                                                                done.set()))
+
+        def all_in(results: list[ValidationResult]) -> None:
+            answers.append(results)
+            done.set()
+
+        round_ = _Round(len(self._validators), all_in)
         for index, validator in enumerate(self._validators):
             if isinstance(validator, BusValidator):
                 self._ask_bus(validator, index, token, round_)
@@ -165,10 +169,11 @@ class BusPorts:
                 round_.answer(index, self._accepted_answer(result))
             timer.cancel()
 
-        timer = self._clock.call_later(
-            self._validator_timeout,
-            lambda: round_.answered(index)
-            or round_.answer(index, self._failed(validator, FutureTimeout())))
+        def too_late() -> None:
+            if not round_.answered(index):
+                round_.answer(index, self._failed(validator, FutureTimeout()))
+
+        timer = self._clock.call_later(self._validator_timeout, too_late)
         try:
             self._plugin_pool.submit(run)
         except RuntimeError as exc:  # shutting down

@@ -97,10 +97,13 @@ class AuthModule:
         try:
             self._build_plugins(build_validator, build_provider)
         except Exception:
-            for plugin in [*self.validators, *self.providers]:  # e.g. an OCPP thread
+            for plugin in self._plugins():  # e.g. an OCPP thread
                 if not isinstance(plugin, BusValidator):
                     plugin.close()
             raise
+
+    def _plugins(self) -> list[TokenProvider | TokenValidator]:
+        return [*self.providers, *self.validators]
 
     def _build_plugins(self, build_validator: Any, build_provider: Any) -> None:
         for entry in self.station.token_validators:
@@ -141,7 +144,7 @@ class AuthModule:
             self.close()
 
     def close(self) -> None:
-        for plugin in [*self.providers, *self.validators]:
+        for plugin in self._plugins():
             try:
                 plugin.close()
             except Exception as exc:
@@ -216,12 +219,21 @@ class AuthModule:
         for evse_id, conn in enumerate(self.station.evse_managers, start=1):
             self.bus.subscribe_var(conn.module_id, conn.implementation_id, "session_event",
                                    self._session_event_handler(evse_id))
-            self.bus.subscribe_error(
-                conn.module_id, conn.implementation_id, "evse_manager/Inoperative",
-                on_raised=lambda _e, i=evse_id: self.gate.submit(
-                    lambda: self.handler.on_fault_raised(i)),
-                on_cleared=lambda _e, i=evse_id: self.gate.submit(
-                    lambda: self.handler.on_fault_cleared(i)))
+            raised, cleared = self._fault_handlers(evse_id)
+            self.bus.subscribe_error(conn.module_id, conn.implementation_id,
+                                     "evse_manager/Inoperative", on_raised=raised,
+                                     on_cleared=cleared)
+
+    def _fault_handlers(self, evse_id: int
+                        ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None]]:
+        """``evse_manager/Inoperative`` raised / cleared for one EVSE, held back until ready."""
+        def raised(_error: dict[str, Any]) -> None:
+            self.gate.submit(lambda: self.handler.on_fault_raised(evse_id))
+
+        def cleared(_error: dict[str, Any]) -> None:
+            self.gate.submit(lambda: self.handler.on_fault_cleared(evse_id))
+
+        return raised, cleared
 
     def _on_provided_token(self, value: Any) -> None:
         try:
@@ -284,9 +296,8 @@ class AuthModule:
                 lambda a: h.exists_reservation(ReservationCheck.model_validate(a["request"])).value),
         }
         for (impl, interface, name), handler in commands.items():
-            self.bus.provide_command(
-                impl, name, handler,
-                validate=lambda args, i=interface, n=name: self.schemas.command_args_error(i, n, args))
+            self.bus.provide_command(impl, name, handler,
+                                     validate=self.schemas.args_checker(interface, name))
 
     def _set_connection_timeout(self, args: dict[str, Any]) -> None:
         seconds = args["connection_timeout"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -441,7 +442,7 @@ _KIND = {
 }
 
 
-def _problem(err: dict[str, Any]) -> tuple[str, str]:
+def _problem(err: Mapping[str, Any]) -> tuple[str, str]:
     """(key path, problem) of one pydantic error."""
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
@@ -466,7 +467,7 @@ def _problem(err: dict[str, Any]) -> tuple[str, str]:
     if kind == "too_long" and isinstance(given, list):
         return _key_path(loc), f"must list at most {ctx.get('max_length')} entries (got {len(given)})"
     if kind == "string_too_long":
-        return _key_path(loc), f"must be at most {ctx.get('max_length')} characters (got {len(given)})"
+        return _key_path(loc), f"must be at most {ctx.get('max_length')} characters (got {len(given or '')})"
     return _key_path(loc), f"{err.get('msg', 'invalid')} (got {_show(given)})"
 
 

@@ -214,7 +214,7 @@ class BusClient:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
-        self._mqtt.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)
+        self._mqtt.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)  # type: ignore[arg-type]  # floats work
         self._mqtt.max_inflight_messages_set(_MAX_INFLIGHT)
         self._mqtt.max_queued_messages_set(_MAX_QUEUED)
         self._mqtt.on_socket_open = self._on_socket_open
@@ -551,7 +551,7 @@ class BusClient:
         """Route one message; nothing raised here may reach paho (it would kill the loop)."""
         try:
             topic = msg.topic
-            payload = msg.payload
+            payload = bytes(msg.payload)  # paho types it bytes | bytearray; it is bytes
             if self._is_response(topic):
                 self._on_response(topic, payload)
             for fn in self._exact.get(topic, ()):

@@ -36,6 +36,7 @@ from urllib.parse import quote, urlsplit
 
 import structlog
 import websockets
+from websockets.typing import Subprotocol
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import ChargePoint as _OcppChargePoint
 from ocpp.v16 import call
@@ -64,7 +65,7 @@ _WIRE_LOG = logging.getLogger("auth_module.plugins.ocpp16.wire")
 if _WIRE_LOG.level == logging.NOTSET:
     _WIRE_LOG.setLevel(logging.CRITICAL)
 
-SUBPROTOCOL = "ocpp1.6"
+SUBPROTOCOL = Subprotocol("ocpp1.6")
 MAX_ID_TAG_LENGTH = 20  # OCPP 1.6 idTag is a CiString20Type
 # OCPP 1.6 gives no type for parentIdTag; like EVerest's OCPP 1.6 module, call it Central.
 PARENT_TOKEN_TYPE = IdTokenType.Central
@@ -480,7 +481,7 @@ class Ocpp16Validator:
         except _NotConnected:
             return "not connected"
         except OCPPError as exc:  # a CALLERROR, or an answer that fails the OCPP schema
-            return f"{exc.code}: {_one_line(exc.description or '')}"
+            return f"{exc.code}: {' '.join(str(exc.description or '').split())}"
         except Exception as exc:
             return f"unusable answer: {_one_line(exc)}"
 
