@@ -427,7 +427,6 @@ class AuthHandler:
             del self._in_process[request.key]
         self._publish(request.token, FINAL_STATUS[outcome])
         log.info("token handled", token=request.token.id_token.value, outcome=outcome.value)
-        request.done.set()
         return outcome
 
     def _notify_evse(self, evse_id: int, token: ProvidedIdToken, result: ValidationResult) -> None:

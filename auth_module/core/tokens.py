@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -67,7 +66,6 @@ class TokenRequest:
     waiting_for: list[int] | None = None  # parked for a plug-in among these EVSEs
     wait_timer: TimerHandle | None = None
     outcome: TokenOutcome | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def key(self) -> str:
