@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import shlex
-import signal
 import socket
 import subprocess
 import sys

@@ -49,7 +49,7 @@ from ..types import (
     WithdrawAuthorizationResult,
     same_token,
 )
-from .clock import Clock, TimerHandle
+from .clock import Clock
 from .evse import Authorization, Connector, ConnectorEvent, EvseState
 from .ports import StationPorts
 from .reservations import ReservationBook

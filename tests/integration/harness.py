@@ -69,6 +69,26 @@ class StatusLog:
         with self.lock:
             return [v for t, s, v in self.entries if t == token and s == status]
 
+    def expect(self, token: str, expected: list[str]) -> None:
+        """EVerest's StrictMock, per token value: exactly ``expected``, in this order.
+
+        Waits until that many statuses were published (failing at once on a wrong one). The
+        only thing allowed after them is the TimedOut that the authorization timer publishes
+        ``connection_timeout`` after an authorization that no transaction followed (EVerest's
+        C++ tests end before it fires).
+        """
+        n = len(expected)
+        try:
+            wait_until(lambda: len(self.of(token)) >= n
+                       or self.of(token) != expected[:len(self.of(token))],
+                       message=f"{expected} for {token}")
+        except AssertionError:
+            pass
+        got = self.of(token)
+        tail = got[n:]
+        tail_ok = not tail or (expected[-1] == "UsedToStart" and tail == ["TimedOut"])
+        assert got[:n] == expected and tail_ok, f"statuses of {token}: {got}, expected {expected}"
+
     def wait(self, token: str, status: str, count: int = 1, timeout: float = DEADLINE_S) -> None:
         wait_until(lambda: self.of(token).count(status) >= count, timeout,
                    f"{count}x {status} for {token} (seen {self.of(token)})")

@@ -149,24 +149,7 @@ class Station(EvseTaps):
         self.rig.statuses.wait(value, status, count)
 
     def expect(self, value: str, expected: list[str]) -> None:
-        """EVerest's StrictMock, per token value: exactly ``expected``, in this order.
-
-        Waits until that many statuses were published (failing at once on a wrong one). The
-        only thing allowed after them is the TimedOut that the authorization timer (EVerest's
-        too) publishes ``connection_timeout`` after an authorization no transaction followed;
-        the C++ tests end before it fires.
-        """
-        n = len(expected)
-        try:
-            wait_until(lambda: len(self.statuses(value)) >= n
-                       or self.statuses(value) != expected[:len(self.statuses(value))],
-                       message=f"{expected} for {value}")
-        except AssertionError:
-            pass
-        got = self.statuses(value)
-        tail = got[n:]
-        tail_ok = not tail or (expected[-1] == USED_TO_START and tail == [TIMED_OUT])
-        assert got[:n] == expected and tail_ok, f"statuses of {value}: {got}, expected {expected}"
+        self.rig.statuses.expect(value, expected)
 
     def only_tokens(self, *values: str) -> None:
         """StrictMock: no status was published for any other token."""

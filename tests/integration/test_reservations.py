@@ -45,7 +45,6 @@ Skipped, because they inspect internal state only (nothing of them reaches the b
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -208,20 +207,7 @@ class Station(EvseTaps):
         return self.rig.statuses.of(value)
 
     def expect(self, value: str, expected: list[str]) -> None:
-        """Exactly these statuses for ``value``, in order (a TimedOut may follow UsedToStart:
-        the authorization timer fires once connection_timeout passes without a transaction)."""
-        n = len(expected)
-        try:
-            wait_until(lambda: len(self.statuses(value)) >= n
-                       or self.statuses(value) != expected[:len(self.statuses(value))],
-                       message=f"{expected} for {value}")
-        except AssertionError:
-            pass
-        got = self.statuses(value)
-        tail = got[n:]
-        assert got[:n] == expected and (not tail or (expected[-1] == USED_TO_START
-                                                     and tail == [TIMED_OUT])), \
-            f"statuses of {value}: {got}, expected {expected}"
+        self.rig.statuses.expect(value, expected)
 
     def responses(self, evse_id: int, value: str, since: int = 0) -> list[dict[str, Any]]:
         """``validation_result`` of every ``authorize_response`` for token ``value`` to the EVSE."""

@@ -861,7 +861,6 @@ def test_restart_tells_the_evse_managers_again(clock: FakeClock, tmp_path) -> No
 def test_restart_releases_evses_no_longer_held(clock: FakeClock, tmp_path) -> None:
     """Station-wide reservations held both EVSEs (reserve -1); one of them expires while the
     module is down: after the restart no EVSE is held any more, so both are released."""
-    from datetime import timedelta
 
     from auth_module.store import ReservationStore
     from auth_module.types import Reservation
