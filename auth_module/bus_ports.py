@@ -11,6 +11,7 @@ import structlog
 from pydantic import ValidationError
 
 from .bus import BusClient, CallOutcome, CommandError, CommandTimeout, NotConnected
+from .bus.netloop import Work
 from .core.clock import Clock, RealClock
 from .logs import remember_token
 from .plugins.base import TokenValidator
@@ -28,6 +29,7 @@ from .types import (
 log = structlog.get_logger("ports")
 
 UNKNOWN = AuthorizationStatus.Unknown
+_PLUGIN_THREADS = "validator"
 
 
 class BusValidator:
@@ -58,8 +60,8 @@ class BusValidator:
 class _Round:
     """One token's answers from every validator; calls back once, when all are in.
 
-    The callback only stores the list: it may run on paho's network thread (a bus
-    validator's answer), which must never do the token's work.
+    The callback runs on the thread that delivers the last answer (the bus reader, a
+    plugin thread, a timer); it hands the token's work on (:meth:`BusPorts.validate`).
 
     Each validator answers exactly once: the first of its answer and its time limit wins.
     """
@@ -106,7 +108,7 @@ class BusPorts:
         self._own_clock = clock is None
         # In-process validators run here, each wait bounded by a timer, so a hanging one
         # costs a pool thread, never a token's final status.
-        self._plugin_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="validator")
+        self._plugin_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=_PLUGIN_THREADS)
 
     def close(self) -> None:
         self._plugin_pool.shutdown(wait=False, cancel_futures=True)
@@ -115,21 +117,23 @@ class BusPorts:
 
     # --- validation -----------------------------------------------------------------------
 
-    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
-        """Ask every validator at once and wait for all of them, on the token's own thread.
+    def validate(self, token: ProvidedIdToken,
+                 on_results: Callable[[list[ValidationResult]], None]) -> None:
+        """Ask every validator at once; ``on_results`` gets their answers, on a thread of
+        the token's own, when the last is in.
 
         Answers are kept in station-file order. Each validator is bounded by
-        ``validator_timeout_s`` (the bus call's timeout, or a clock timer for a plugin), so
-        the wait ends by then; the extra margin below only guards against a lost timer.
+        ``validator_timeout_s`` (the bus call's timeout, or a clock timer for a plugin). No
+        thread waits meanwhile: the thread that receives the last answer carries the token
+        on (the bus reader hands its reading to another crew thread first, see
+        ``bus/netloop.py``); a plugin answers on its own pool thread.
         """
         if not self._validators:
-            return []
-        done = threading.Event()
-        answers: list[list[ValidationResult]] = []
+            on_results([])
+            return
 
         def all_in(results: list[ValidationResult]) -> None:
-            answers.append(results)
-            done.set()
+            self._carry_on(lambda: on_results(results))
 
         round_ = _Round(len(self._validators), all_in)
         for index, validator in enumerate(self._validators):
@@ -137,11 +141,12 @@ class BusPorts:
                 self._ask_bus(validator, index, token, round_)
             else:
                 self._ask_plugin(validator, index, token, round_)
-        if not done.wait(self._validator_timeout + 2.0):
-            for index, validator in enumerate(self._validators):
-                if not round_.answered(index):
-                    round_.answer(index, self._failed(validator, FutureTimeout()))
-        return answers[0]
+
+    def _carry_on(self, work: Work) -> None:
+        """Continue a token off the bus reader. A plugin's pool thread is already the
+        token's own; a full crew means the work runs here rather than not at all."""
+        if threading.current_thread().name.startswith(_PLUGIN_THREADS) or not self._bus.defer(work):
+            work()
 
     def _ask_bus(self, validator: BusValidator, index: int, token: ProvidedIdToken,
                  round_: _Round) -> None:

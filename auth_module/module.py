@@ -35,7 +35,6 @@ from .types import (
     ValidationResultUpdate,
     WithdrawAuthorizationRequest,
 )
-from .workers import BoundedWorkers
 
 log = structlog.get_logger("module")
 
@@ -59,8 +58,11 @@ class AuthModule:
                  token_workers: int = 8, token_backlog: int = 64) -> None:
         self.station = station
         cfg = station.config
+        # Each token runs on a thread of the bus's crew (at most token_workers at once, and
+        # token_backlog waiting): the thread that reads a token becomes its thread.
         self.bus = BusClient(module_id=station.module_id, host=station.mqtt.host,
-                             port=station.mqtt.port, prefix=station.mqtt.prefix)
+                             port=station.mqtt.port, prefix=station.mqtt.prefix,
+                             work_threads=token_workers, work_backlog=token_backlog)
         self.clock = clock or RealClock()
         self.schemas = InterfaceSchemas.load()
         self.validators: list[TokenValidator] = []
@@ -82,7 +84,6 @@ class AuthModule:
         self.handler = AuthHandler(settings, self.clock, self.ports,
                                    ReservationStore(station.reservation_store))
         self.gate = StartupGate()
-        self.workers = BoundedWorkers(token_workers, token_backlog)
         self.ready = threading.Event()
 
     # --- plugins -------------------------------------------------------------------------
@@ -149,7 +150,6 @@ class AuthModule:
                 plugin.close()
             except Exception as exc:
                 log.warning("plugin did not close cleanly", plugin=plugin.name, error=repr(exc))
-        self.workers.shutdown()
         self.bus.stop()
         self.ports.close()
         if isinstance(self.clock, RealClock):
@@ -244,14 +244,14 @@ class AuthModule:
         self.accept_token(token)
 
     def accept_token(self, token: ProvidedIdToken) -> None:
-        """Hand a token to a worker thread (from the bus or an in-process provider)."""
+        """Give a token a thread of its own (from the bus or an in-process provider)."""
         remember_token(token.id_token.value)
         if token.parent_id_token is not None:
             remember_token(token.parent_id_token.value)
         if not self.ready.is_set():
             log.warning("token dropped: module not ready yet", token=token.id_token.value)
             return
-        if not self.workers.submit(lambda: self.handler.on_token(token)):
+        if not self.bus.defer(lambda: self.handler.on_token(token)):
             log.error("token refused: too many tokens in process", token=token.id_token.value)
             self.ports.publish_token_validation_status(token, TokenValidationStatus.Rejected, [])
 

@@ -6,9 +6,10 @@ each (re)connect, answers every incoming command exactly once, and matches repli
 own calls by call id. See ``docs/bus-api.md`` for the contract other code relies on.
 
 Threads:
-- paho's network thread runs ``on_message``: var/error/raw handlers run there and must be
-  quick; command calls are handed to a bounded worker pool so a handler may itself call
-  other modules without blocking the network thread.
+- the network thread (:class:`~auth_module.bus.netloop.NetworkLoop`) reads and runs
+  ``on_message``: var/error/raw handlers run there and must be quick; command calls are
+  handed to a bounded worker pool so a handler may itself call other modules without
+  blocking the network thread. A thread that publishes writes its packet itself.
 - a small callback pool runs ``call_async`` ``on_result`` callbacks.
 - a reaper thread times out ``call_async`` calls that got no answer.
 """
@@ -30,6 +31,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 
+from auth_module.bus.netloop import NetworkLoop
 from auth_module.bus.envelopes import (
     EnvelopeError,
     clear_error_envelope,
@@ -157,6 +159,8 @@ class BusClient:
         qos: int = 1,
         command_workers: int = 16,
         logger: Any = None,
+        work_threads: int = 8,
+        work_backlog: int = 64,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
@@ -171,19 +175,18 @@ class BusClient:
         self._log = logger if logger is not None else structlog.get_logger("bus")
         self._log = self._log.bind(module_id=module_id)
 
-        # State shared with paho's thread. _lock guards subscriptions and lifecycle flags.
+        # State shared with the network thread. _lock guards subscriptions and lifecycle flags.
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
         self._connected = False
         self._connected_event = threading.Event()
         self._link_state: str | None = None  # last state we logged, so we log changes only
-        self._net_thread: threading.Thread | None = None
         self._connect_sub_mid: int | None = None
         self._unacked_subs: set[int] = set()
         self._subs_done = threading.Condition(self._lock)
 
-        # Dispatch tables are replaced, never mutated, so paho's thread reads them lock-free.
+        # Dispatch tables are replaced, never mutated, so the network thread reads them lock-free.
         self._filters: tuple[str, ...] = ()
         self._exact: dict[str, tuple[Callable[[str, bytes, bool], None], ...]] = {}
         self._raw: tuple[tuple[str, RawHandler], ...] = ()
@@ -214,20 +217,22 @@ class BusClient:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
-        self._mqtt.reconnect_delay_set(_RECONNECT_MIN_S, _RECONNECT_MAX_S)  # type: ignore[arg-type]  # floats work
         self._mqtt.max_inflight_messages_set(_MAX_INFLIGHT)
         self._mqtt.max_queued_messages_set(_MAX_QUEUED)
         self._mqtt.on_socket_open = self._on_socket_open
         self._mqtt.on_connect = self._on_connect
-        self._mqtt.on_connect_fail = self._on_connect_fail
         self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.on_subscribe = self._on_subscribe
         self._mqtt.on_message = self._on_message
+        # The reader plus up to work_threads threads running deferred work (defer()).
+        self._loop = NetworkLoop(self._mqtt, f"bus-{module_id}", _RECONNECT_MIN_S,
+                                 _RECONNECT_MAX_S, self._on_unreachable,
+                                 max_threads=work_threads + 1, backlog=work_backlog)
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background and return at once; paho retries with back-off."""
+        """Connect in the background and return at once; retries with back-off."""
         with self._lock:
             if self._started or self._stopped:
                 return
@@ -235,7 +240,7 @@ class BusClient:
         self._reaper.start()
         self._log.info("bus starting", host=self.host, port=self.port, prefix=self.prefix)
         self._mqtt.connect_async(self.host, self.port, keepalive=_KEEPALIVE_S)
-        self._mqtt.loop_start()
+        self._loop.start()
 
     def wait_connected(self, timeout: float = 5.0) -> bool:
         """True once connected with every subscription acknowledged, False after ``timeout``."""
@@ -271,9 +276,10 @@ class BusClient:
         if started:
             try:
                 self._mqtt.disconnect()
+                self._loop.flush()
             except Exception as exc:  # already gone: nothing to tell the broker
                 self._log.debug("disconnect failed", error=_one_line(exc))
-            self._mqtt.loop_stop()
+            self._loop.stop(timeout=2.0)
         self._set_connected(False, notify=False)
         with self._pending_cond:
             pending = list(self._pending.values())
@@ -326,6 +332,15 @@ class BusClient:
         env = clear_error_envelope(self.module_id, impl_id, error_type, message)
         self._publish(error_topic(self.prefix, self.module_id, impl_id, error_type), encode(env))
 
+    def defer(self, work: Callable[[], object]) -> bool:
+        """Run ``work`` on a thread of its own, not the one reading the bus; False (nothing
+        run) when the bounded crew and its backlog are full.
+
+        From a handler this costs no thread hand-off: the thread that read the message
+        runs the work once another takes over the reading (see :mod:`.netloop`).
+        """
+        return self._loop.defer(work)
+
     def publish_ready(self) -> None:
         """Announce ``P modules/<own id>/ready``."""
         self._publish(ready_topic(self.prefix, self.module_id), encode(ready_envelope()))
@@ -346,8 +361,8 @@ class BusClient:
         NotConnected if the broker is down now. A link that drops while we wait does not end
         the call early: paho resends the QoS1 request and the answer may still come.
         """
-        if self._net_thread is not None and threading.current_thread() is self._net_thread:
-            raise RuntimeError("bus.call() on paho's network thread would deadlock; use call_async()")
+        if threading.current_thread() is self._loop.leader:
+            raise RuntimeError("bus.call() on the network thread would deadlock; use call_async()")
         topic = cmd_topic(self.prefix, module_id, impl_id, name)
         label = f"{module_id}/{impl_id}/{name}"
         if not self._connected:
@@ -387,7 +402,7 @@ class BusClient:
 
         ``on_result(CallOutcome)`` runs later on a worker thread; without it, failures are
         logged in one line. ``inline=True`` runs it on the thread that completes the call
-        instead (paho's network thread for an answer): no thread hand-off, for a quick,
+        instead (the network thread for an answer): no thread hand-off, for a quick,
         non-blocking ``on_result`` on a latency-critical path.
         """
         topic = cmd_topic(self.prefix, module_id, impl_id, name)
@@ -414,7 +429,7 @@ class BusClient:
     # --- listening -------------------------------------------------------------------
 
     def subscribe_var(self, module_id: str, impl_id: str, name: str, handler: VarHandler) -> None:
-        """``handler(value)`` for each ``Var`` on that topic; runs on paho's thread."""
+        """``handler(value)`` for each ``Var`` on that topic; runs on the network thread."""
         topic = var_topic(self.prefix, module_id, impl_id, name)
 
         def dispatch(topic: str, payload: bytes, dup: bool) -> None:
@@ -438,7 +453,7 @@ class BusClient:
         on_raised: ErrorHandler | None = None,
         on_cleared: ErrorHandler | None = None,
     ) -> None:
-        """``on_raised(data)`` / ``on_cleared(data)`` for that error; runs on paho's thread."""
+        """``on_raised(data)`` / ``on_cleared(data)`` for that error; runs on the network thread."""
         topic = error_topic(self.prefix, module_id, impl_id, error_type)
 
         def dispatch(topic: str, payload: bytes, dup: bool) -> None:
@@ -458,7 +473,7 @@ class BusClient:
         self._add_dispatch(topic, dispatch)
 
     def subscribe_raw(self, topic_filter: str, handler: RawHandler) -> None:
-        """``handler(topic, payload_bytes)`` for any filter (wildcards allowed); paho's thread."""
+        """``handler(topic, payload_bytes)`` for any filter (wildcards allowed); network thread."""
         if not topic_filter:
             raise ValueError("topic_filter must be non-empty")
         with self._lock:
@@ -489,6 +504,7 @@ class BusClient:
     def _send_subscribe(self, filters: list[str]) -> int | None:
         """Send one SUBSCRIBE; caller holds ``_lock`` so the SUBACK cannot beat the mid."""
         rc, mid = self._mqtt.subscribe([(f, self.qos) for f in filters])
+        self._loop.flush()
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             # Not connected any more: the next on_connect subscribes everything again.
             self._log.debug("subscribe deferred to next connect", rc=int(rc))
@@ -506,11 +522,11 @@ class BusClient:
             self._log.debug("TCP_NODELAY not set", error=_one_line(exc))
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self._net_thread = threading.current_thread()
         try:
             if reason.is_failure:
                 self._set_link_state("refused", "broker refused connection, retrying", reason=str(reason))
                 return
+            self._loop.connected()
             with self._lock:
                 self._unacked_subs.clear()
                 self._connect_sub_mid = self._send_subscribe(list(self._filters))
@@ -531,8 +547,9 @@ class BusClient:
         except Exception as exc:
             self._log.error("on_subscribe failed", error=_one_line(exc))
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._set_link_state("unreachable", "broker unreachable, retrying", host=self.host, port=self.port)
+    def _on_unreachable(self, exc: BaseException) -> None:
+        self._set_link_state("unreachable", "broker unreachable, retrying", host=self.host,
+                             port=self.port, reason=_one_line(exc))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         try:
@@ -673,6 +690,7 @@ class BusClient:
     def _publish_call(self, topic: str, body: bytes) -> bool:
         """Publish a request; False only if paho refused to even queue it."""
         info = self._mqtt.publish(topic, body, qos=self.qos)
+        self._loop.flush()
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN) and self.qos > 0:
             return True  # NO_CONN with QoS>0: queued by paho, resent after reconnect
         return info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -753,8 +771,9 @@ class BusClient:
     # --- internals: publishing -------------------------------------------------------
 
     def _publish(self, topic: str, body: bytes) -> None:
-        """Publish from any thread (paho queues it; QoS>0 survives a reconnect)."""
+        """Publish from any thread, which writes it at once (QoS>0 survives a reconnect)."""
         info = self._mqtt.publish(topic, body, qos=self.qos)
+        self._loop.flush()
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             return
         if info.rc == mqtt.MQTT_ERR_NO_CONN:

@@ -162,9 +162,12 @@ class AuthHandler:
     def on_token(self, token: ProvidedIdToken) -> TokenOutcome:
         """Handle one presented token, on the caller's (its own worker) thread.
 
-        Blocks only while the validators are asked, with the lock released. Returns the
-        outcome, or ``PENDING`` when the token was accepted and now waits for a car; its
-        final status is published when that resolves.
+        The validators are asked with the lock released; the decision is taken on the
+        thread that delivers the last answer (:meth:`StationPorts.validate`), so no thread
+        sits waiting for a remote validator. Returns the outcome when it is known before
+        this call returns; ``VALIDATING`` when answers are still to come, or ``PENDING`` when
+        the token was accepted and now waits for a car. In those two cases the final status
+        is published when the token ends.
         """
         with self._lock:
             referenced = self._referenced_evses(token)
@@ -180,18 +183,27 @@ class AuthHandler:
             if early is not None:
                 return self._finish(request, early)
         if token.prevalidated:
-            results = [ValidationResult(authorization_status=AuthorizationStatus.Accepted,
-                                        parent_id_token=token.parent_id_token)]
-        else:
-            try:
-                results = self._ports.validate(request.token)
-            except Exception as exc:  # the port should not raise; if it does, the token ends
-                log.error("validation failed", error=repr(exc))
-                results = [ValidationResult(authorization_status=AuthorizationStatus.Unknown)]
-        return self._on_validated(request, results)
+            return self._on_validated(request, [ValidationResult(
+                authorization_status=AuthorizationStatus.Accepted,
+                parent_id_token=token.parent_id_token)])
+        decided: list[TokenOutcome] = []
+
+        def on_results(results: list[ValidationResult]) -> None:
+            decided.append(self._on_validated(request, results))
+
+        try:
+            self._ports.validate(request.token, on_results)
+        except Exception as exc:  # the port should not raise; if it does, the token ends
+            log.error("validation failed", error=repr(exc))
+            return self._on_validated(
+                request, [ValidationResult(authorization_status=AuthorizationStatus.Unknown)])
+        return decided[0] if decided else TokenOutcome.VALIDATING
 
     def _on_validated(self, request: TokenRequest, results: list[ValidationResult]) -> TokenOutcome:
-        """Every validator has answered: decide, and publish the final status if known."""
+        """Every validator has answered: decide, and publish the final status if known.
+
+        Runs once per token; a second call (a port that answered and then raised) only
+        returns the outcome already decided."""
         with self._lock:
             if request.outcome is not None:
                 return request.outcome

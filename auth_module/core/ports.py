@@ -6,11 +6,14 @@ MQTT, the unit tests with plain recorders. Two rules keep the locking simple:
 * every call except :meth:`validate` and :meth:`reserve` must return at once (publish and
   go): the core makes them while holding its lock, which is what keeps, say, an
   ``authorize_response`` and the ``withdraw_authorization`` that follows it in order;
-* :meth:`validate` and :meth:`reserve` may block (they wait for other modules' answers), so
-  the core calls them only after releasing its lock, on the token's own worker thread.
+* :meth:`validate` and :meth:`reserve` may take long (they wait for other modules'
+  answers), so the core calls them only after releasing its lock. ``reserve`` blocks;
+  ``validate`` asks and returns, and calls back when every validator has answered.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from typing import Any, Protocol
 
@@ -24,9 +27,13 @@ from ..types import (
 
 
 class StationPorts(Protocol):
-    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
-        """Ask every validator; one result each, in station-file order. Blocks for at most
-        the validators' time limit; never raises (a failed or silent validator is Unknown)."""
+    def validate(self, token: ProvidedIdToken,
+                 on_results: Callable[[list[ValidationResult]], None]) -> None:
+        """Ask every validator, and call ``on_results`` exactly once with one result each,
+        in station-file order, when all have answered or their time limit has passed (a
+        failed or silent validator is Unknown). It may be called before this returns (a
+        local validator) or later, on a token worker thread; it must not be called with
+        the core's lock held by the caller. Never raises."""
 
     def publish_token_validation_status(
         self, token: ProvidedIdToken, status: TokenValidationStatus, messages: list[dict[str, Any]]

@@ -28,6 +28,7 @@ class TokenOutcome(StrEnum):
     NO_CONNECTOR_AVAILABLE = "NO_CONNECTOR_AVAILABLE"
     WITHDRAWN = "WITHDRAWN"
     PENDING = "PENDING"  # accepted, waiting for a car to be plugged in; the final status follows
+    VALIDATING = "VALIDATING"  # the validators are still being asked; the final status follows
 
 
 FINAL_STATUS: dict[TokenOutcome, TokenValidationStatus] = {

@@ -216,11 +216,12 @@ class RecordingPorts:
             self.calls.append(call)
 
     # StationPorts
-    def validate(self, token: ProvidedIdToken) -> list[ValidationResult]:
+    def validate(self, token: ProvidedIdToken,
+                 on_results: Callable[[list[ValidationResult]], None]) -> None:
         self._record("validate", token.id_token.value)
         with self._lock:
             self.validated.append(token)
-        return self.validate_fn(token)
+        on_results(self.validate_fn(token))
 
     def publish_token_validation_status(self, token: ProvidedIdToken,
                                         status: TokenValidationStatus,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import sys
+import threading
 import types
 from collections.abc import Callable
 from importlib.metadata import EntryPoint
@@ -293,6 +294,20 @@ def test_missing_optional_dependency_says_what_to_install(tmp_path: Path,
 # --- failing while running: logged in one line, the module carries on ---------------------------
 
 
+def validate_and_wait(ports: BusPorts, tok: ProvidedIdToken) -> list[Any]:
+    """BusPorts.validate calls back (here on the plugin's pool thread); wait for it."""
+    done = threading.Event()
+    answers: list[Any] = []
+
+    def on_results(results: list[Any]) -> None:
+        answers.extend(results)
+        done.set()
+
+    ports.validate(tok, on_results)
+    assert done.wait(5.0), "validate never called back"
+    return answers
+
+
 def test_a_validator_that_raises_counts_as_unknown(tmp_path: Path, vendor: None) -> None:
     station = station_with(tmp_path, [{"plugin": "vendor", "accept": ["AA01"]}])
     v = build_validator(plugins(station.token_validators)[0], station)
@@ -300,8 +315,8 @@ def test_a_validator_that_raises_counts_as_unknown(tmp_path: Path, vendor: None)
                      command_timeout_s=1.0, validator_timeout_s=2.0)
     try:
         with capture_logs() as logs:
-            [result] = ports.validate(token("BOOM"))
-            [ok] = ports.validate(token("AA01"))
+            [result] = validate_and_wait(ports, token("BOOM"))
+            [ok] = validate_and_wait(ports, token("AA01"))
     finally:
         ports.close()
     assert result.authorization_status == AuthorizationStatus.Unknown

@@ -1,0 +1,314 @@
+"""NetworkLoop: one paho connection served by a small crew of threads (leader/followers).
+
+Why not paho's ``loop_start()``: there, one thread does all socket I/O, and work that must
+not run on it (a token, which may wait seconds for its validators) is handed to a worker.
+Each such hand-off is a thread wake-up on the token's critical path, and in that mode
+every publish from the worker is one more (paho's thread must wake to write it). On a
+small charge controller those wake-ups cost more than everything else the module does
+for a token.
+
+Here, in the *leader/followers* pattern (Schmidt et al., POSA vol. 2):
+
+- one crew thread at a time, the **leader**, waits on the socket, reads, and runs the
+  quick handlers (session events, answers to our calls) in arrival order;
+- a handler that finds *token work* (a new token, a token's validator answers) calls
+  :meth:`NetworkLoop.defer`. After the read, the leader wakes an idle crew thread to lead
+  in its place and does the work itself, at once, with no hand-off: the thread that
+  received a token becomes that token's thread, and the bus is never left unread;
+- work deferred from elsewhere (a timer, an in-process token reader) waits in a bounded
+  backlog for the next free crew thread;
+- any thread writes its own packets (``flush``), so a publish leaves at once.
+
+The crew is bounded (``max_threads``), and so is the backlog: :meth:`defer` says no when
+both are full, and the caller then ends the token with a final status itself. When every
+other crew thread is busy, the leader keeps leading and queues the work: the socket is
+always read by someone.
+
+paho supports this "external loop" mode through its public ``loop_read`` / ``loop_write``
+/ ``loop_misc`` / ``reconnect`` calls. The rules kept here:
+
+- only the leader reads (``loop_read``, ``loop_misc``), connects and reconnects;
+- every write (``loop_write``, and ``reconnect``, which resets the outgoing queue) holds
+  ``_write_lock``, so packets leave whole and in the order they were queued;
+- a thread that finds the write lock taken does not wait: it raises ``_flush_wanted``
+  and the holder writes once more before it lets go (raised after the packet was queued,
+  lowered before each write, so no packet is left behind);
+- ``on_socket_register_write`` is set, which tells paho never to write by itself from
+  ``publish()``; what the kernel does not take at once (a full socket buffer) is written
+  by the leader when ``select`` says the socket is writable.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+
+Work = Callable[[], object]
+
+_SELECT_TIMEOUT_S = 1.0  # keepalive checks (loop_misc) need no finer grain
+
+log = structlog.get_logger("bus")
+
+
+class NetworkLoop:
+    """Serves ``client``'s connection with a crew of daemon threads; see the module doc."""
+
+    def __init__(
+        self,
+        client: mqtt.Client,
+        name: str,
+        min_delay_s: float,
+        max_delay_s: float,
+        on_unreachable: Callable[[BaseException], None],
+        max_threads: int = 9,
+        backlog: int = 64,
+    ) -> None:
+        if max_threads < 2:
+            raise ValueError("the crew needs a leader and at least one worker")
+        self._client = client
+        self._name = name
+        self._min_delay, self._max_delay = min_delay_s, max_delay_s
+        self._delay = min_delay_s
+        self._on_unreachable = on_unreachable
+        self._linked = False  # a socket is open (the leader's view; only leaders touch it)
+
+        self._write_lock = threading.Lock()
+        self._flush_wanted = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        client.on_socket_register_write = _no_op  # paho: "an external loop writes"
+
+        # The crew. _crew_lock guards everything below; the leader's own batch is touched
+        # by the leader only.
+        self._crew_lock = threading.Lock()
+        self._max_threads = max_threads
+        self._backlog_max = backlog
+        self._threads: list[threading.Thread] = []
+        self._idle: list[threading.Event] = []  # LIFO: the most recently idle thread first
+        self._backlog: deque[Work] = deque()
+        self._leader: threading.Thread | None = None
+        self._batch: list[Work] = []
+        self._started = False
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    # --- what other code calls ------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._crew_lock:
+            if self._started:
+                return
+            self._started = True
+            self._spawn_locked()
+
+    @property
+    def leader(self) -> threading.Thread | None:
+        """The thread reading right now; a blocking call made on it would never be answered."""
+        return self._leader
+
+    def connected(self) -> None:
+        """The broker accepted us: the next lost connection retries from the shortest delay."""
+        self._delay = self._min_delay
+
+    def defer(self, work: Work) -> bool:
+        """Run ``work`` on a crew thread that is not the reader. False, and nothing run,
+        when the crew and its backlog are full.
+
+        Called by the leader (from a handler): the leader itself runs it right after this
+        read, once another thread leads. From any other thread: the work waits in the
+        backlog for the next free crew thread.
+        """
+        me = threading.current_thread()
+        with self._crew_lock:
+            if self._stopping or len(self._backlog) + len(self._batch) >= self._backlog_max:
+                return False
+            if me is self._leader:
+                self._batch.append(work)
+                return True
+            self._backlog.append(work)
+            self._rouse_locked(1)
+        return True
+
+    def flush(self) -> None:
+        """Write everything paho has queued, from the calling thread; never blocks on I/O."""
+        self._flush_wanted = True
+        while self._flush_wanted:
+            if not self._write_lock.acquire(blocking=False):
+                return  # the holder sees the flag and writes our packet before it lets go
+            try:
+                self._flush_wanted = False
+                self._client.loop_write()
+                left_over = self._client.want_write()
+            finally:
+                self._write_lock.release()
+            if left_over and threading.current_thread() is not self._leader:
+                self._wake_leader()
+
+    def stop(self, timeout: float) -> None:
+        """End the crew (after ``client.disconnect()``) and wait for its threads."""
+        with self._crew_lock:
+            self._stopping = True
+            threads = list(self._threads)
+            for event in self._idle:
+                event.set()
+            self._idle.clear()
+            self._backlog.clear()
+        self._stopped.set()
+        self._wake_leader()
+        me = threading.current_thread()
+        for t in threads:
+            if t is not me and t.is_alive():
+                t.join(timeout)
+        for s in (self._wake_r, self._wake_w):
+            s.close()
+
+    # --- the crew --------------------------------------------------------------------------
+
+    def _spawn_locked(self) -> bool:
+        if len(self._threads) >= self._max_threads or self._stopping:
+            return False
+        t = threading.Thread(target=self._member, name=f"{self._name}-{len(self._threads)}",
+                             daemon=True)
+        self._threads.append(t)
+        t.start()
+        return True
+
+    def _rouse_locked(self, count: int) -> int:
+        """Wake (or start) up to ``count`` crew threads; how many will come."""
+        roused = 0
+        while roused < count:
+            if self._idle:
+                self._idle.pop().set()
+            elif not self._spawn_locked():
+                break
+            roused += 1
+        return roused
+
+    def _member(self) -> None:
+        parked = threading.Event()
+        while True:
+            work: Work | None = None
+            with self._crew_lock:
+                if self._stopping:
+                    return
+                if self._leader is None:
+                    self._leader = threading.current_thread()
+                elif self._backlog:
+                    work = self._backlog.popleft()
+                else:
+                    parked.clear()
+                    self._idle.append(parked)
+            if work is not None:
+                _run(work)
+            elif self._leader is threading.current_thread():
+                mine = self._lead()
+                if mine is not None:
+                    _run(mine)
+            else:
+                parked.wait()
+
+    def _lead(self) -> Work | None:
+        """Lead until a read finds work and another thread takes over; return that work.
+
+        Returns None when stopping.
+        """
+        while True:
+            if self._stopped.is_set():
+                with self._crew_lock:
+                    self._leader = None
+                    self._batch.clear()
+                return None
+            try:
+                served = self._serve_once()
+            except Exception as exc:  # a bug must not leave the bus without a reader
+                log.error("network loop failed; reconnecting",
+                          error=f"{type(exc).__name__}: {exc}")
+                served = self._lost()
+            if not served or not self._batch:
+                continue
+            with self._crew_lock:
+                batch, self._batch = self._batch, []
+                if self._rouse_locked(1) == 0:
+                    # Nobody can take over: keep reading; the work waits for a free thread.
+                    self._backlog.extend(batch)
+                    continue
+                self._leader = None
+                self._backlog.extend(batch[1:])
+                self._rouse_locked(len(batch) - 1)
+            return batch[0]
+
+    # --- the connection (leader only) ---------------------------------------------------------
+
+    def _serve_once(self) -> bool:
+        """One step of the connection: (re)connect, or wait for the socket and read.
+
+        False when the step ended without a live connection (it then waited the back-off).
+        """
+        client = self._client
+        if not self._linked:
+            if self._stopped.is_set():
+                return False
+            try:
+                with self._write_lock:  # reconnect() empties paho's outgoing queue
+                    client.reconnect()
+            except Exception as exc:  # OSError, socket.timeout, ValueError: retry later
+                self._on_unreachable(exc)
+                self._back_off()
+                return False
+            self._linked = True
+            self.flush()  # CONNECT
+        sock = client.socket()
+        if sock is None:
+            return self._lost()
+        wlist = [sock] if client.want_write() else []
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], wlist, [], _SELECT_TIMEOUT_S)
+        except (OSError, ValueError, TypeError):  # the socket was closed under us
+            return self._lost()
+        if self._wake_r in readable:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+        if sock in readable and client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+            return self._lost()
+        self.flush()  # acknowledgements, and anything a handler published
+        if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+            return self._lost()
+        self.flush()  # a keepalive ping
+        return client.socket() is sock or self._lost()
+
+    def _lost(self) -> bool:
+        """The connection ended (paho has called on_disconnect): wait, then reconnect."""
+        self._linked = False
+        self._back_off()
+        return False
+
+    def _back_off(self) -> None:
+        if not self._stopped.wait(self._delay):
+            self._delay = min(self._delay * 2, self._max_delay)
+
+    def _wake_leader(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already woken (buffer full) or closed by stop()
+
+
+def _run(work: Work) -> None:
+    try:
+        work()
+    except Exception as exc:  # the work logs its own failures; this is a last guard
+        log.error("deferred work failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _no_op(client: Any, userdata: Any, sock: Any) -> None:
+    """paho calls this when it has queued a packet; the queuing thread flushes it."""
