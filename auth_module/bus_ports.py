@@ -29,7 +29,7 @@ from .types import (
 log = structlog.get_logger("ports")
 
 UNKNOWN = AuthorizationStatus.Unknown
-_PLUGIN_THREADS = "validator"
+_on_plugin_thread = threading.local()  # .yes on the plugin validators' pool threads
 
 
 class BusValidator:
@@ -108,7 +108,7 @@ class BusPorts:
         self._own_clock = clock is None
         # In-process validators run here, each wait bounded by a timer, so a hanging one
         # costs a pool thread, never a token's final status.
-        self._plugin_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=_PLUGIN_THREADS)
+        self._plugin_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="validator")
 
     def close(self) -> None:
         self._plugin_pool.shutdown(wait=False, cancel_futures=True)
@@ -145,7 +145,7 @@ class BusPorts:
     def _carry_on(self, work: Work) -> None:
         """Continue a token off the bus reader. A plugin's pool thread is already the
         token's own; a full crew means the work runs here rather than not at all."""
-        if threading.current_thread().name.startswith(_PLUGIN_THREADS) or not self._bus.defer(work):
+        if getattr(_on_plugin_thread, "yes", False) or not self._bus.defer(work):
             work()
 
     def _ask_bus(self, validator: BusValidator, index: int, token: ProvidedIdToken,
@@ -166,6 +166,7 @@ class BusPorts:
     def _ask_plugin(self, validator: TokenValidator, index: int, token: ProvidedIdToken,
                     round_: _Round) -> None:
         def run() -> None:
+            _on_plugin_thread.yes = True
             try:
                 result = validator.validate(token)
             except Exception as exc:  # a plugin may raise anything; the token still ends

@@ -53,7 +53,15 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from auth_module.bus import BusClient
-from auth_module.bus.envelopes import cmd_result_envelope, cmd_topic, encode, parse_cmd, var_envelope
+from auth_module.bus.client import SUBSCRIBE_QOS
+from auth_module.bus.envelopes import (
+    cmd_result_envelope,
+    cmd_topic,
+    encode,
+    parse_cmd,
+    var_envelope,
+    var_topic,
+)
 from bench import AUTH_MODULE, quiet_logging, source_fingerprint, stop_module, summary_ms
 from simulators.broker import Mosquitto
 from simulators.token_provider import make_token
@@ -63,7 +71,10 @@ MODULE_ID = "auth"
 PROVIDER_ID = "rfid_reader"
 VALIDATOR_ID = "validator"
 EVSE_ID = "evse_manager_1"
-QOS = 1  # BusClient's default, which AuthModule uses (auth_module/bus/client.py)
+# Every client here publishes and subscribes as the module does (auth_module/bus/client.py:
+# BusClient publishes at QoS 1, its default, and subscribes at SUBSCRIBE_QOS).
+QOS = 1
+SUB_QOS = SUBSCRIBE_QOS
 STEP_TIMEOUT_S = 5.0
 
 TARGET_RATIO = 3.0
@@ -89,7 +100,7 @@ def _validator_main(host: str, port: int, out: Any, stop: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        c.subscribe(request, qos=QOS)
+        c.subscribe(request, qos=SUB_QOS)
 
     def on_message(c: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         t_in = time.perf_counter_ns()
@@ -320,7 +331,7 @@ class Echo:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-            client.subscribe(sub_topic, qos=self.qos)
+            client.subscribe(sub_topic, qos=SUB_QOS)
 
         def on_subscribe(client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
             self._subscribed.release()
@@ -345,6 +356,13 @@ class Echo:
         for _ in range(2):
             if not self._subscribed.acquire(timeout=timeout):
                 raise TimeoutError("echo clients did not subscribe")
+
+    def publish_token(self, topic: str, body: bytes) -> int:
+        """The token provider's publish, made exactly as the echo's is (client A, same
+        QoS, same paho loop), so the two intervals start alike; returns the start time."""
+        t0 = time.perf_counter_ns()
+        self.a.publish(topic, body, qos=self.qos)
+        return t0
 
     def round_trip(self, payload: bytes, timeout: float = STEP_TIMEOUT_S) -> int:
         """Nanoseconds from A's publish to A's on_message for the echo."""
@@ -437,8 +455,7 @@ def run(tokens: int, warmup: int, progress: bool,
             evse = EvseStandIn(host, port)
             observer = Observer(host, port)
             observer.start()
-            provider = BusClient(module_id=PROVIDER_ID, host=host, port=port, prefix=PREFIX)
-            actors = [evse.bus, provider]
+            actors = [evse.bus]
             for bus in actors:
                 bus.start()
             for bus in actors:
@@ -461,6 +478,7 @@ def run(tokens: int, warmup: int, progress: bool,
                                    f"{log_path.read_text(errors='replace')[-2000:]}")
 
             run_tag = uuid.uuid4().hex[:6].upper()
+            token_topic = var_topic(PREFIX, PROVIDER_ID, "main", "provided_token")
             token_ns: list[int] = []
             echo_ns: list[int] = []
             # the breakdown: provider -> validator request; validator; its answer -> EVSE
@@ -480,8 +498,7 @@ def run(tokens: int, warmup: int, progress: bool,
                 value = f"BENCH-{run_tag}-{i:07d}"
                 msg = make_token(value)  # built (and validated) outside the timed interval
                 body = encode(var_envelope(msg))
-                t0 = time.perf_counter_ns()
-                provider.publish_var("main", "provided_token", msg)
+                t0 = echo.publish_token(token_topic, body)
                 t1, status = evse.wait_authorize(value)
                 if status != "Accepted":
                     raise RuntimeError(f"{value}: authorize_response {status}, expected Accepted")
@@ -553,6 +570,7 @@ def run(tokens: int, warmup: int, progress: bool,
         "tokens": tokens,
         "warmup": warmup,
         "qos": QOS,
+        "subscribe_qos": SUB_QOS,
         "token_ms": token,
         "echo_ms": echo_s,
         "ratio_p50": ratio,
@@ -579,7 +597,8 @@ def _fmt_row(name: str, s: dict[str, Any]) -> str:
 
 def report(r: dict[str, Any]) -> str:
     lines = [
-        f"token latency bench: {r['tokens']} tokens after {r['warmup']} warm-up, QoS {r['qos']}, "
+        f"token latency bench: {r['tokens']} tokens after {r['warmup']} warm-up, QoS {r['qos']} "
+        f"(subscriptions {r['subscribe_qos']}), "
         f"module log level {r['module_log_level']}, "
         f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average "
         f"{r['machine']['loadavg_before'][0]:.2f} before / "

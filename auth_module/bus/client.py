@@ -22,7 +22,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,7 +75,14 @@ _RECONNECT_MAX_S = 5.0
 _KEEPALIVE_S = 30
 _MAX_INFLIGHT = 100
 _MAX_QUEUED = 10_000  # bounds memory while the broker is away; paho resends these on reconnect
-_SEEN_CMD_IDS = 4096  # window for dropping QoS1 redeliveries of the same command
+_REAP_SLACK_S = 0.05  # a call times out up to this much after its timeout
+# What we subscribe with. Our session is clean, so QoS 1 towards us would add nothing:
+# a message the broker holds for us dies with the connection either way. It would only add
+# a PUBACK per message, written before anything the message's handler publishes: a token
+# or a validator's answer would then wait for its acknowledgement to leave first. (What we
+# publish stays at ``qos``: paho keeps it until acknowledged and resends it after a
+# reconnect, so a final status is never lost to a broker restart.)
+SUBSCRIBE_QOS = 0
 
 
 _HANDLER_EVENTS = frozenset({"HandlerException", "NotReady", "Timeout"})
@@ -188,7 +194,7 @@ class BusClient:
 
         # Dispatch tables are replaced, never mutated, so the network thread reads them lock-free.
         self._filters: tuple[str, ...] = ()
-        self._exact: dict[str, tuple[Callable[[str, bytes, bool], None], ...]] = {}
+        self._exact: dict[str, tuple[Callable[[str, bytes], None], ...]] = {}
         self._raw: tuple[tuple[str, RawHandler], ...] = ()
         self._commands: dict[str, _Command] = {}
 
@@ -197,11 +203,10 @@ class BusClient:
         self._pending_lock = threading.Lock()
         self._pending_cond = threading.Condition(self._pending_lock)
         self._deadlines: list[tuple[float, int, str]] = []
+        self._reaper_wakes_at = float("inf")  # when the reaper wakes by itself next
         self._seq = itertools.count()
         self._reaper = threading.Thread(target=self._reap_loop, name=f"bus-reaper-{module_id}", daemon=True)
 
-        self._seen_cmds: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._seen_lock = threading.Lock()
 
         self._workers = ThreadPoolExecutor(max_workers=command_workers, thread_name_prefix=f"bus-cmd-{module_id}")
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"bus-cb-{module_id}")
@@ -416,8 +421,9 @@ class BusClient:
             return call_id
         with self._pending_cond:
             self._pending[call_id] = pending
-            heapq.heappush(self._deadlines, (time.monotonic() + timeout, next(self._seq), call_id))
-            if self._deadlines[0][2] == call_id:  # wake the reaper only if it must fire sooner
+            deadline = time.monotonic() + timeout
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), call_id))
+            if deadline < self._reaper_wakes_at:  # wake the reaper only if it must fire sooner
                 self._pending_cond.notify()
         if not self._publish_call(topic, body):
             with self._pending_lock:
@@ -432,7 +438,7 @@ class BusClient:
         """``handler(value)`` for each ``Var`` on that topic; runs on the network thread."""
         topic = var_topic(self.prefix, module_id, impl_id, name)
 
-        def dispatch(topic: str, payload: bytes, dup: bool) -> None:
+        def dispatch(topic: str, payload: bytes) -> None:
             try:
                 value = parse_var(payload)
             except EnvelopeError as exc:
@@ -456,7 +462,7 @@ class BusClient:
         """``on_raised(data)`` / ``on_cleared(data)`` for that error; runs on the network thread."""
         topic = error_topic(self.prefix, module_id, impl_id, error_type)
 
-        def dispatch(topic: str, payload: bytes, dup: bool) -> None:
+        def dispatch(topic: str, payload: bytes) -> None:
             try:
                 msg = parse_error(payload)
             except EnvelopeError as exc:
@@ -482,7 +488,7 @@ class BusClient:
 
     # --- internals: subscriptions ----------------------------------------------------
 
-    def _add_dispatch(self, topic: str, fn: Callable[[str, bytes, bool], None]) -> None:
+    def _add_dispatch(self, topic: str, fn: Callable[[str, bytes], None]) -> None:
         with self._lock:
             self._exact = {**self._exact, topic: (*self._exact.get(topic, ()), fn)}
         self._add_filter(topic)
@@ -503,7 +509,7 @@ class BusClient:
 
     def _send_subscribe(self, filters: list[str]) -> int | None:
         """Send one SUBSCRIBE; caller holds ``_lock`` so the SUBACK cannot beat the mid."""
-        rc, mid = self._mqtt.subscribe([(f, self.qos) for f in filters])
+        rc, mid = self._mqtt.subscribe([(f, SUBSCRIBE_QOS) for f in filters])
         self._loop.flush()
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             # Not connected any more: the next on_connect subscribes everything again.
@@ -568,12 +574,14 @@ class BusClient:
         """Route one message; nothing raised here may reach paho (it would kill the loop)."""
         try:
             topic = msg.topic
-            payload = bytes(msg.payload)  # paho types it bytes | bytearray; it is bytes
+            payload = msg.payload
+            if not isinstance(payload, bytes):  # paho types it bytes | bytearray
+                payload = bytes(payload)
             if self._is_response(topic):
                 self._on_response(topic, payload)
             for fn in self._exact.get(topic, ()):
                 try:
-                    fn(topic, payload, bool(msg.dup))
+                    fn(topic, payload)
                 except Exception as exc:
                     self._log.error("dispatch failed", topic=topic, error=_one_line(exc))
             for topic_filter, handler in self._raw:
@@ -676,14 +684,23 @@ class BusClient:
                 if self._stopped:
                     return
                 now = time.monotonic()
-                while self._deadlines and self._deadlines[0][0] <= now:
-                    _, _, call_id = heapq.heappop(self._deadlines)
+                while self._deadlines and (self._deadlines[0][0] <= now
+                                           or self._deadlines[0][2] not in self._pending):
+                    _, _, call_id = heapq.heappop(self._deadlines)  # expired, or answered
                     p = self._pending.pop(call_id, None)
                     if p is not None:
                         expired.append(p)
                 if not expired:
-                    wait = self._deadlines[0][0] - now if self._deadlines else None
-                    self._pending_cond.wait(wait)
+                    # Answered calls leave their deadline behind; waking a little late lets
+                    # one wake-up sweep many of them (a busy station answers hundreds a
+                    # second) instead of one wake-up each, on the token path's CPU.
+                    if self._deadlines:
+                        self._reaper_wakes_at = self._deadlines[0][0] + _REAP_SLACK_S
+                        self._pending_cond.wait(self._reaper_wakes_at - now)
+                    else:
+                        self._reaper_wakes_at = float("inf")
+                        self._pending_cond.wait()
+                    self._reaper_wakes_at = float("-inf")  # awake: sees every new call
             for p in expired:
                 self._complete(p, None, CommandTimeout(f"{p.label}: no answer within {p.timeout:g} s"))
 
@@ -697,16 +714,16 @@ class BusClient:
 
     # --- internals: commands (worker pool) -------------------------------------------
 
-    def _dispatch_command(self, topic: str, payload: bytes, dup: bool) -> None:
+    def _dispatch_command(self, topic: str, payload: bytes) -> None:
         entry = self._commands.get(topic)
         if entry is None:
             return
         try:
-            self._workers.submit(self._run_command, entry, payload, dup)
+            self._workers.submit(self._run_command, entry, payload)
         except RuntimeError:
             self._log.warning("command dropped: bus is stopping", topic=topic)
 
-    def _run_command(self, entry: _Command, payload: bytes, dup: bool) -> None:
+    def _run_command(self, entry: _Command, payload: bytes) -> None:
         label = f"{entry.impl_id}/{entry.name}"
         try:
             try:
@@ -718,9 +735,6 @@ class BusClient:
                     return
                 self._log.warning("malformed command answered", cmd=label, reason=str(exc))
                 self._answer_error(entry, salvaged[0], salvaged[1], "MessageParsingFailed", str(exc))
-                return
-            if self._seen_before(cmd.origin, cmd.id) and dup:
-                self._log.debug("redelivered command dropped", cmd=label, call_id=cmd.id)
                 return
             if entry.validate is not None:
                 try:
@@ -756,17 +770,6 @@ class BusClient:
     def _answer_error(self, entry: _Command, call_id: str, origin: str, event: str, msg: str) -> None:
         topic = cmd_response_topic(self.prefix, self.module_id, entry.impl_id, entry.name, origin)
         self._publish(topic, encode(cmd_error_envelope(call_id, event, msg, self.module_id)))
-
-    def _seen_before(self, origin: str, call_id: str) -> bool:
-        """Remember recent call ids so a QoS1 redelivery (DUP) is not executed twice."""
-        key = (origin, call_id)
-        with self._seen_lock:
-            if key in self._seen_cmds:
-                return True
-            self._seen_cmds[key] = None
-            if len(self._seen_cmds) > _SEEN_CMD_IDS:
-                self._seen_cmds.popitem(last=False)
-            return False
 
     # --- internals: publishing -------------------------------------------------------
 

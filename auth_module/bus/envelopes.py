@@ -9,7 +9,10 @@ so callers can log one line and drop (or answer ``MessageParsingFailed``).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import os
 import re
 import uuid as _uuid
 from collections.abc import Mapping
@@ -83,16 +86,20 @@ def _impl_base(prefix: str, module_id: str, impl_id: str) -> str:
     )
 
 
+# A module publishes to the same few topics over and over: build (and check) each once.
+@functools.lru_cache(maxsize=1024)
 def var_topic(prefix: str, module_id: str, impl_id: str, name: str) -> str:
     """``P modules/MID/impl/IID/var/NAME``."""
     return f"{_impl_base(prefix, module_id, impl_id)}/var/{_segment('var name', name)}"
 
 
+@functools.lru_cache(maxsize=1024)
 def cmd_topic(prefix: str, module_id: str, impl_id: str, name: str) -> str:
     """``P modules/MID/impl/IID/cmd/NAME`` (where calls to MID are published)."""
     return f"{_impl_base(prefix, module_id, impl_id)}/cmd/{_segment('cmd name', name)}"
 
 
+@functools.lru_cache(maxsize=1024)
 def cmd_response_topic(prefix: str, module_id: str, impl_id: str, name: str, caller_id: str) -> str:
     """``P modules/MID/impl/IID/cmd/NAME/response/CALLER_MID`` (where MID answers)."""
     return f"{cmd_topic(prefix, module_id, impl_id, name)}/response/{_segment('caller id', caller_id)}"
@@ -116,9 +123,17 @@ def ready_topic(prefix: str, module_id: str) -> str:
 # --- builders ----------------------------------------------------------------------------
 
 
+# Call ids are UUID-shaped (version 4, RFC 4122 variant), as EVerest's are: 64 random bits
+# drawn once per process, then a counter, so ids are unique and cost no entropy per call.
+_ID_HIGH = (int.from_bytes(os.urandom(8), "big") & ~(0xF << 12)) | (0x4 << 12)
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+_ID_LOW_MASK = (1 << 62) - 1
+
+
 def new_call_id() -> str:
-    """A fresh command call id (EVerest uses UUID strings)."""
-    return str(_uuid.uuid4())
+    """A fresh command call id: a UUID string, unique in this process and across them."""
+    h = "%016x%016x" % (_ID_HIGH, (0b10 << 62) | (next(_ID_COUNTER) & _ID_LOW_MASK))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -223,9 +238,13 @@ def ready_envelope() -> dict[str, Any]:
     return {"msg_type": "ModuleReady", "data": True}
 
 
+# json.dumps() with any non-default option builds a new encoder per call; keep one.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(envelope: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON. Raises ``TypeError``/``ValueError`` if not JSON-able."""
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(envelope).encode()
 
 
 # --- parsers -----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ import structlog
 Work = Callable[[], object]
 
 _SELECT_TIMEOUT_S = 1.0  # keepalive checks (loop_misc) need no finer grain
+_WRITE_WAIT_S = 0.05  # how long a writer waits for another one before handing over
 
 log = structlog.get_logger("bus")
 
@@ -92,9 +93,15 @@ class NetworkLoop:
         self._max_threads = max_threads
         self._backlog_max = backlog
         self._threads: list[threading.Thread] = []
-        self._idle: list[threading.Event] = []  # LIFO: the most recently idle thread first
+        # Parked threads, each blocked on its own held lock until another releases it (a
+        # plain lock is the cheapest wake-up Python has); LIFO: the warmest thread first.
+        self._idle: list[threading.Lock] = []
         self._backlog: deque[Work] = deque()
         self._leader: threading.Thread | None = None
+        self._leader_id: int | None = None  # its ident: compared on every defer and flush
+        # A former leader running work it read (its ident); it wakes the next leader once
+        # its first packet is written (flush), see _lead().
+        self._handover: int | None = None
         self._batch: list[Work] = []
         self._started = False
         self._stopping = False
@@ -126,11 +133,10 @@ class NetworkLoop:
         read, once another thread leads. From any other thread: the work waits in the
         backlog for the next free crew thread.
         """
-        me = threading.current_thread()
         with self._crew_lock:
             if self._stopping or len(self._backlog) + len(self._batch) >= self._backlog_max:
                 return False
-            if me is self._leader:
+            if threading.get_ident() == self._leader_id:
                 self._batch.append(work)
                 return True
             self._backlog.append(work)
@@ -141,7 +147,10 @@ class NetworkLoop:
         """Write everything paho has queued, from the calling thread; never blocks on I/O."""
         self._flush_wanted = True
         while self._flush_wanted:
-            if not self._write_lock.acquire(blocking=False):
+            # Writers hold the lock for a send() each, so waiting is short and beats leaving
+            # our packet to a holder that may be waiting for the GIL we hold. Only a
+            # reconnect holds it long: then the flag hands our packet to it.
+            if not self._write_lock.acquire(timeout=_WRITE_WAIT_S):
                 return  # the holder sees the flag and writes our packet before it lets go
             try:
                 self._flush_wanted = False
@@ -149,16 +158,27 @@ class NetworkLoop:
                 left_over = self._client.want_write()
             finally:
                 self._write_lock.release()
-            if left_over and threading.current_thread() is not self._leader:
+            if left_over and threading.get_ident() != self._leader_id:
                 self._wake_leader()
+        if self._handover == threading.get_ident():
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Our work's first packet is out: now another thread takes over the reading."""
+        with self._crew_lock:
+            if self._handover != threading.get_ident():
+                return
+            self._handover = None
+            if self._leader is None:
+                self._rouse_locked(1)
 
     def stop(self, timeout: float) -> None:
         """End the crew (after ``client.disconnect()``) and wait for its threads."""
         with self._crew_lock:
             self._stopping = True
             threads = list(self._threads)
-            for event in self._idle:
-                event.set()
+            for parked in self._idle:
+                parked.release()
             self._idle.clear()
             self._backlog.clear()
         self._stopped.set()
@@ -186,14 +206,15 @@ class NetworkLoop:
         roused = 0
         while roused < count:
             if self._idle:
-                self._idle.pop().set()
+                self._idle.pop().release()
             elif not self._spawn_locked():
                 break
             roused += 1
         return roused
 
     def _member(self) -> None:
-        parked = threading.Event()
+        parked = threading.Lock()
+        parked.acquire()  # held while running; acquiring it again parks this thread
         while True:
             work: Work | None = None
             with self._crew_lock:
@@ -201,10 +222,11 @@ class NetworkLoop:
                     return
                 if self._leader is None:
                     self._leader = threading.current_thread()
+                    self._leader_id = threading.get_ident()
+                    self._handover = None
                 elif self._backlog:
                     work = self._backlog.popleft()
                 else:
-                    parked.clear()
                     self._idle.append(parked)
             if work is not None:
                 _run(work)
@@ -213,17 +235,23 @@ class NetworkLoop:
                 if mine is not None:
                     _run(mine)
             else:
-                parked.wait()
+                parked.acquire()  # until _rouse_locked() or stop() releases it
 
     def _lead(self) -> Work | None:
-        """Lead until a read finds work and another thread takes over; return that work.
+        """Lead until a read finds work; step down and return that work (None: stopping).
 
-        Returns None when stopping.
+        The next leader is woken only once the work has written its first packet (see
+        :meth:`flush`): the work's critical message (a ``validate_token`` request, an
+        ``authorize_response``) leaves before a second thread wakes up and competes with
+        it for the GIL and the CPU. Until then nobody reads, for the few tens of
+        microseconds the work needs to get there; deferred work never blocks before its
+        first publish (the validators it asks answer later, on other threads). Work that
+        publishes nothing gives the reading back when it ends (:meth:`_member`).
         """
         while True:
             if self._stopped.is_set():
                 with self._crew_lock:
-                    self._leader = None
+                    self._leader = self._leader_id = None
                     self._batch.clear()
                 return None
             try:
@@ -236,11 +264,12 @@ class NetworkLoop:
                 continue
             with self._crew_lock:
                 batch, self._batch = self._batch, []
-                if self._rouse_locked(1) == 0:
-                    # Nobody can take over: keep reading; the work waits for a free thread.
+                if not self._idle and len(self._threads) >= self._max_threads:
+                    # Nobody could take over: keep reading; the work waits for a free thread.
                     self._backlog.extend(batch)
                     continue
-                self._leader = None
+                self._leader = self._leader_id = None
+                self._handover = threading.get_ident()
                 self._backlog.extend(batch[1:])
                 self._rouse_locked(len(batch) - 1)
             return batch[0]
@@ -280,6 +309,8 @@ class NetworkLoop:
                 pass
         if sock in readable and client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
             return self._lost()
+        if self._batch:
+            return True  # hand over at once; the next writer sends the acknowledgements
         self.flush()  # acknowledgements, and anything a handler published
         if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
             return self._lost()

@@ -168,6 +168,11 @@ class AuthHandler:
         this call returns; ``VALIDATING`` when answers are still to come, or ``PENDING`` when
         the token was accepted and now waits for a car. In those two cases the final status
         is published when the token ends.
+
+        Latency: the message someone waits for leaves first. ``validate_token`` goes out
+        before the ``Processing`` status, and ``authorize_response`` before ``Accepted``;
+        each status still follows at once, and the statuses keep their order
+        (:meth:`_announce`).
         """
         with self._lock:
             referenced = self._referenced_evses(token)
@@ -178,7 +183,6 @@ class AuthHandler:
             self._in_process[request.key] = request
             log.info("token received", token=token.id_token.value,
                      auth_type=token.authorization_type.value, evses=referenced)
-            self._publish(token, TokenValidationStatus.Processing)
             early = self._before_validation(request)
             if early is not None:
                 return self._finish(request, early)
@@ -197,7 +201,19 @@ class AuthHandler:
             log.error("validation failed", error=repr(exc))
             return self._on_validated(
                 request, [ValidationResult(authorization_status=AuthorizationStatus.Unknown)])
+        with self._lock:
+            self._announce(request)
         return decided[0] if decided else TokenOutcome.VALIDATING
+
+    def _announce(self, request: TokenRequest) -> None:
+        """Publish ``Processing`` once, before anything else is published for the token.
+
+        Called with the lock held by every path that publishes for a token, so the status
+        sequence stays Processing, (Accepted,) final, whichever thread gets there first.
+        """
+        if not request.announced:
+            request.announced = True
+            self._publish(request.token, TokenValidationStatus.Processing)
 
     def _on_validated(self, request: TokenRequest, results: list[ValidationResult]) -> TokenOutcome:
         """Every validator has answered: decide, and publish the final status if known.
@@ -207,6 +223,7 @@ class AuthHandler:
         with self._lock:
             if request.outcome is not None:
                 return request.outcome
+            self._announce(request)
             outcome = self._after_validation(request, results)
             if outcome == TokenOutcome.PENDING:
                 return outcome
@@ -240,6 +257,7 @@ class AuthHandler:
             evse_id = self._evse_used_by(referenced, token.id_token.value)
             if evse_id is not None:
                 evse = self.evses[evse_id]
+                self._announce(request)
                 self._ports.stop_transaction(evse.index, StopTransactionRequest(
                     reason=StopTransactionReason.Local, id_tag=token.model_copy()))
                 assert evse.authorization is not None
@@ -321,18 +339,22 @@ class AuthHandler:
                     return TokenOutcome.REJECTED
                 if result.parent_id_token is not None:
                     token.parent_id_token = result.parent_id_token
-                self._publish(token, TokenValidationStatus.Accepted, result.tariff_messages)
+                accepted = token.model_copy()  # the token as its Accepted status shows it
                 if request.withdrawn:  # withdrawn while its validators were asked
+                    self._publish(accepted, TokenValidationStatus.Accepted, result.tariff_messages)
                     return TokenOutcome.WITHDRAWN
                 pool = self._selection_pool(request.candidates, result)
                 chosen = select_evse(self.settings.selection_algorithm, pool, self.evses,
                                      self._plug_in_queue)
                 if chosen == WAIT:
+                    self._publish(accepted, TokenValidationStatus.Accepted, result.tariff_messages)
                     self._park(request, pool)
                     return TokenOutcome.PENDING
                 if chosen == NONE_FREE:
+                    self._publish(accepted, TokenValidationStatus.Accepted, result.tariff_messages)
                     return TokenOutcome.TIMEOUT
-                self._offer_evse(request, chosen)
+                self._offer_evse(request, chosen)  # authorize_response first: the car waits
+                self._publish(accepted, TokenValidationStatus.Accepted, result.tariff_messages)
             request.index += 1
 
         if request.authorized:
@@ -433,6 +455,7 @@ class AuthHandler:
         """Publish the final status once, and let the token be presented again."""
         if request.outcome is not None:
             return request.outcome
+        self._announce(request)
         request.outcome = outcome
         self._unpark(request)
         if self._in_process.get(request.key) is request:
@@ -444,6 +467,7 @@ class AuthHandler:
     def _notify_evse(self, evse_id: int, token: ProvidedIdToken, result: ValidationResult) -> None:
         evse = self.evses[evse_id]
         granted = token.model_copy()
+        self._ports.authorize_response(evse.index, granted, result.model_copy())
         if result.authorization_status == AuthorizationStatus.Accepted:
             evse.authorization = Authorization(
                 id_token=token.id_token,
@@ -456,7 +480,6 @@ class AuthHandler:
             self._arm_evse_timer(evse, self._authorization_expired)
             if evse_id in self._plug_in_queue:
                 self._plug_in_queue.remove(evse_id)
-        self._ports.authorize_response(evse.index, granted, result.model_copy())
 
     def _arm_evse_timer(self, evse: EvseState, on_expiry: Callable[[EvseState], None]) -> None:
         """(Re)start the EVSE's one timer: authorization timeout or plug-in timeout."""

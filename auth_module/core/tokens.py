@@ -64,6 +64,7 @@ class TokenRequest:
     )
     authorized: bool = False
     withdrawn: bool = False  # withdrawn while its validators were asked: ends at selection
+    announced: bool = False  # its Processing status is out
     waiting_for: list[int] | None = None  # parked for a plug-in among these EVSEs
     wait_timer: TimerHandle | None = None
     outcome: TokenOutcome | None = None
