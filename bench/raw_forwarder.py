@@ -34,7 +34,7 @@ def on_message(cl, u, m):
         d = json.loads(m.payload)["data"]
         c.publish(T_HS + "/response/" + d["origin"], json.dumps({"msg_type": "CmdResult", "data": {"type": "result", "data": {"id": d["id"], "retval": "NotFound", "origin": "auth"}}}), qos=1)
 def on_connect(cl, u, f, rc, p):
-    cl.subscribe([(T_TOKEN, 1), (T_VAL + "/response/auth", 1), (T_HS, 1), (T_AUTH + "/response/auth", 1)])
+    cl.subscribe([(T_TOKEN, 0), (T_VAL + "/response/auth", 0), (T_HS, 0), (T_AUTH + "/response/auth", 0)])  # as BusClient
 def on_subscribe(cl, u, mid, rc, p):
     cl.publish(P + "auth/ready", json.dumps({"msg_type": "ModuleReady", "data": True}), qos=1)
 c.on_message, c.on_connect, c.on_subscribe = on_message, on_connect, on_subscribe

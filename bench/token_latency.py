@@ -55,10 +55,14 @@ import yaml
 from auth_module.bus import BusClient
 from auth_module.bus.client import SUBSCRIBE_QOS
 from auth_module.bus.envelopes import (
+    cmd_envelope,
+    cmd_response_topic,
     cmd_result_envelope,
     cmd_topic,
     encode,
+    new_call_id,
     parse_cmd,
+    parse_cmd_result,
     var_envelope,
     var_topic,
 )
@@ -166,38 +170,67 @@ class Validator:
 class EvseStandIn:
     """A minimal EVSE manager (evse id 1, one connector) that timestamps authorize_response.
 
-    The command is answered by the BusClient as usual (worker pool); the timestamp is taken
-    by a raw subscription on the same topic, which runs in ``on_message`` on paho's network
-    thread: the earliest moment this process can see the message.
+    A raw paho client with ``loop_start()``, made like the echo's clients: it answers every
+    command in ``on_message`` (paho's network thread), and its ``authorize_response``
+    timestamp is the first thing ``on_message`` does, as the echo's client A does for its
+    pong. (A BusClient would first hand the command to its worker pool.)
     """
 
     def __init__(self, host: str, port: int) -> None:
-        self.bus = BusClient(module_id=EVSE_ID, host=host, port=port, prefix=PREFIX)
+        self.host, self.port = host, port
         self._cond = threading.Condition()
         self.arrivals: dict[str, tuple[int, str]] = {}
-        answers: dict[str, Any] = {
+        self._answers: dict[str, Any] = {}
+        self._subscribed = threading.Event()
+        self._commands = cmd_topic(PREFIX, EVSE_ID, "evse", "NAME").replace("/NAME", "/+")
+        self._authorize = cmd_topic(PREFIX, EVSE_ID, "evse", "authorize_response")
+        self._handshake_topic = cmd_topic(PREFIX, MODULE_ID, "reservation", "exists_reservation")
+        self._handshake_answers = cmd_response_topic(PREFIX, MODULE_ID, "reservation",
+                                                     "exists_reservation", EVSE_ID)
+        self._retvals: dict[str, Any] = {
             "get_evse": {"id": 1, "connectors": [{"id": 1, "type": "cCCS2"}]},
             "reserve": True,
             "stop_transaction": True,
         }
-        for name in ("get_evse", "authorize_response", "withdraw_authorization", "reserve",
-                     "cancel_reservation", "stop_transaction"):
-            self.bus.provide_command("evse", name, self._answer(answers.get(name)))
-        self.bus.subscribe_raw(cmd_topic(PREFIX, EVSE_ID, "evse", "authorize_response"),
-                               self._on_authorize_wire)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"bench-{EVSE_ID}-{uuid.uuid4().hex[:8]}",
+                                  clean_session=True, protocol=mqtt.MQTTv311)
+        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(
+            [(self._commands, SUB_QOS), (self._handshake_answers, SUB_QOS)])
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
 
-    @staticmethod
-    def _answer(retval: Any) -> Any:
-        return lambda args: retval
+    def start(self) -> None:
+        self.client.connect(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(STEP_TIMEOUT_S):
+            raise RuntimeError("the EVSE stand-in could not subscribe")
 
-    def _on_authorize_wire(self, _topic: str, payload: bytes) -> None:
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         t = time.perf_counter_ns()
-        args = parse_cmd(payload).args
-        value = args["provided_token"]["id_token"]["value"]
-        status = args["validation_result"]["authorization_status"]
-        with self._cond:
-            self.arrivals[value] = (t, status)
-            self._cond.notify_all()
+        if msg.topic == self._handshake_answers:
+            res = parse_cmd_result(msg.payload)
+            with self._cond:
+                self._answers[res.id] = res.retval
+                self._cond.notify_all()
+            return
+        cmd = parse_cmd(msg.payload)
+        name = msg.topic.rsplit("/", 1)[1]
+        client.publish(cmd_response_topic(PREFIX, EVSE_ID, "evse", name, cmd.origin),
+                       encode(cmd_result_envelope(cmd.id, self._retvals.get(name), EVSE_ID)),
+                       qos=QOS)
+        if msg.topic == self._authorize:
+            value = cmd.args["provided_token"]["id_token"]["value"]
+            status = cmd.args["validation_result"]["authorization_status"]
+            with self._cond:
+                self.arrivals[value] = (t, status)
+                self._cond.notify_all()
 
     def wait_authorize(self, value: str, timeout: float = STEP_TIMEOUT_S) -> tuple[int, str]:
         with self._cond:
@@ -209,7 +242,8 @@ class EvseStandIn:
         value = {"uuid": uuid.uuid4().hex, "event": event,
                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "connector_id": 1, **sub}
-        self.bus.publish_var("evse", "session_event", value)
+        self.client.publish(var_topic(PREFIX, EVSE_ID, "evse", "session_event"),
+                            encode(var_envelope(value)), qos=QOS)
 
     def run_session_to_end(self, token: dict[str, Any]) -> None:
         """Car plugs in, charges, leaves: the EVSE is free again afterwards."""
@@ -222,11 +256,15 @@ class EvseStandIn:
             "meter_value": {"energy_Wh_import": {"total": 1000}}, "reason": "EVDisconnected"})
         self._event("SessionFinished")
 
-    def handshake(self, value: str) -> Any:
+    def handshake(self, value: str, timeout: float = STEP_TIMEOUT_S) -> Any:
         """A command behind the session events on the same connection: answered => handled."""
-        return self.bus.call(MODULE_ID, "reservation", "exists_reservation",
-                             {"request": {"id_token": value, "evse_id": 1}},
-                             timeout=STEP_TIMEOUT_S)
+        call_id = new_call_id()
+        self.client.publish(self._handshake_topic, encode(cmd_envelope(
+            call_id, {"request": {"id_token": value, "evse_id": 1}}, EVSE_ID)), qos=QOS)
+        with self._cond:
+            if not self._cond.wait_for(lambda: call_id in self._answers, timeout):
+                raise TimeoutError(f"no answer to the handshake within {timeout:g} s")
+            return self._answers.pop(call_id)
 
 
 def _observer_main(host: str, port: int, out: Any, stop: Any) -> None:
@@ -443,7 +481,7 @@ def run(tokens: int, warmup: int, progress: bool,
     station_path = tmp / "station.yaml"
     log_path = tmp / "auth-module.log"
     proc: subprocess.Popen[bytes] | None = None
-    actors: list[BusClient] = []
+    evse: EvseStandIn | None = None
     echo: Echo | None = None
     observer: Observer | None = None
     with Mosquitto() as broker:
@@ -453,14 +491,9 @@ def run(tokens: int, warmup: int, progress: bool,
             validator = Validator(host, port)
             validator.start()
             evse = EvseStandIn(host, port)
+            evse.start()
             observer = Observer(host, port)
             observer.start()
-            actors = [evse.bus]
-            for bus in actors:
-                bus.start()
-            for bus in actors:
-                if not bus.wait_connected(STEP_TIMEOUT_S) or not bus.wait_subscribed(STEP_TIMEOUT_S):
-                    raise RuntimeError(f"{bus.module_id}: not connected to {host}:{port}")
             echo = Echo(host, port)
             echo.start()
 
@@ -541,8 +574,8 @@ def run(tokens: int, warmup: int, progress: bool,
                 echo.stop()
             if observer is not None:
                 observer.stop()
-            for bus in actors:
-                bus.stop()
+            if evse is not None:
+                evse.stop()
 
     token = summary_ms(token_ns)
     echo_s = summary_ms(echo_ns)
