@@ -145,7 +145,7 @@ class BusPorts:
     def _carry_on(self, work: Work) -> None:
         """Continue a token off the bus reader. A plugin's pool thread is already the
         token's own; a full crew means the work runs here rather than not at all."""
-        if getattr(_on_plugin_thread, "yes", False) or not self._bus.defer(work):
+        if getattr(_on_plugin_thread, "yes", False) or not self._bus.defer(work, quick=True):
             work()
 
     def _ask_bus(self, validator: BusValidator, index: int, token: ProvidedIdToken,

@@ -59,7 +59,9 @@ class AuthModule:
         self.station = station
         cfg = station.config
         # Each token runs on a thread of the bus's crew (at most token_workers at once, and
-        # token_backlog waiting): the thread that reads a token becomes its thread.
+        # token_backlog waiting): the thread that reads a token becomes its thread. No
+        # thread waits for a validator, so the tokens being validated (or waiting for a car)
+        # are bounded separately, by the same total.
         self.bus = BusClient(module_id=station.module_id, host=station.mqtt.host,
                              port=station.mqtt.port, prefix=station.mqtt.prefix,
                              work_threads=token_workers, work_backlog=token_backlog)
@@ -85,6 +87,7 @@ class AuthModule:
                                    ReservationStore(station.reservation_store))
         self.gate = StartupGate()
         self.ready = threading.Event()
+        self.max_tokens_in_process = token_workers + token_backlog
 
     # --- plugins -------------------------------------------------------------------------
 
@@ -251,7 +254,8 @@ class AuthModule:
         if not self.ready.is_set():
             log.warning("token dropped: module not ready yet", token=token.id_token.value)
             return
-        if not self.bus.defer(lambda: self.handler.on_token(token)):
+        if (self.handler.token_count >= self.max_tokens_in_process
+                or not self.bus.defer(lambda: self.handler.on_token(token), quick=True)):
             log.error("token refused: too many tokens in process", token=token.id_token.value)
             self.ports.publish_token_validation_status(token, TokenValidationStatus.Rejected, [])
 

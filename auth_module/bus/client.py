@@ -337,14 +337,16 @@ class BusClient:
         env = clear_error_envelope(self.module_id, impl_id, error_type, message)
         self._publish(error_topic(self.prefix, self.module_id, impl_id, error_type), encode(env))
 
-    def defer(self, work: Callable[[], object]) -> bool:
+    def defer(self, work: Callable[[], object], quick: bool = False) -> bool:
         """Run ``work`` on a thread of its own, not the one reading the bus; False (nothing
         run) when the bounded crew and its backlog are full.
 
         From a handler this costs no thread hand-off: the thread that read the message
-        runs the work once another takes over the reading (see :mod:`.netloop`).
+        runs the work, and another takes over the reading; for ``quick`` work (which
+        waits for nothing before its first publish) only after that publish. See
+        :mod:`.netloop`.
         """
-        return self._loop.defer(work)
+        return self._loop.defer(work, quick)
 
     def publish_ready(self) -> None:
         """Announce ``P modules/<own id>/ready``."""

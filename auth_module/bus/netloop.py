@@ -91,7 +91,10 @@ class NetworkLoop:
         # by the leader only.
         self._crew_lock = threading.Lock()
         self._max_threads = max_threads
-        self._backlog_max = backlog
+        # Work accepted and not finished yet: running on every crew thread but the reader,
+        # plus ``backlog`` waiting.
+        self._slots = max_threads - 1 + backlog
+        self._in_flight = 0
         self._threads: list[threading.Thread] = []
         # Parked threads, each blocked on its own held lock until another releases it (a
         # plain lock is the cheapest wake-up Python has); LIFO: the warmest thread first.
@@ -102,7 +105,7 @@ class NetworkLoop:
         # A former leader running work it read (its ident); it wakes the next leader once
         # its first packet is written (flush), see _lead().
         self._handover: int | None = None
-        self._batch: list[Work] = []
+        self._batch: list[tuple[Work, bool]] = []  # (work, quick) found by this read
         self._started = False
         self._stopping = False
         self._stopped = threading.Event()
@@ -125,19 +128,22 @@ class NetworkLoop:
         """The broker accepted us: the next lost connection retries from the shortest delay."""
         self._delay = self._min_delay
 
-    def defer(self, work: Work) -> bool:
-        """Run ``work`` on a crew thread that is not the reader. False, and nothing run,
-        when the crew and its backlog are full.
+    def defer(self, work: Work, quick: bool = False) -> bool:
+        """Run ``work`` on a crew thread of its own. False, and nothing run, when the crew
+        and its backlog are full.
 
-        Called by the leader (from a handler): the leader itself runs it right after this
-        read, once another thread leads. From any other thread: the work waits in the
-        backlog for the next free crew thread.
+        Called by the leader (from a handler), the leader itself runs it right after this
+        read, and another crew thread takes over the reading: at once, or, for ``quick``
+        work, as soon as the work has written its first packet (see :meth:`_lead`). Quick
+        work must not wait for anything before that first publish. From any other thread,
+        the work waits in the backlog for the next free crew thread.
         """
         with self._crew_lock:
-            if self._stopping or len(self._backlog) + len(self._batch) >= self._backlog_max:
+            if self._stopping or self._in_flight >= self._slots:
                 return False
+            self._in_flight += 1
             if threading.get_ident() == self._leader_id:
-                self._batch.append(work)
+                self._batch.append((work, quick))
                 return True
             self._backlog.append(work)
             self._rouse_locked(1)
@@ -229,24 +235,24 @@ class NetworkLoop:
                 else:
                     self._idle.append(parked)
             if work is not None:
-                _run(work)
+                self._run(work)
             elif self._leader is threading.current_thread():
                 mine = self._lead()
                 if mine is not None:
-                    _run(mine)
+                    self._run(mine)
             else:
                 parked.acquire()  # until _rouse_locked() or stop() releases it
 
     def _lead(self) -> Work | None:
         """Lead until a read finds work; step down and return that work (None: stopping).
 
-        The next leader is woken only once the work has written its first packet (see
-        :meth:`flush`): the work's critical message (a ``validate_token`` request, an
-        ``authorize_response``) leaves before a second thread wakes up and competes with
-        it for the GIL and the CPU. Until then nobody reads, for the few tens of
-        microseconds the work needs to get there; deferred work never blocks before its
-        first publish (the validators it asks answer later, on other threads). Work that
-        publishes nothing gives the reading back when it ends (:meth:`_member`).
+        For ``quick`` work the next leader is woken only once the work has written its
+        first packet (:meth:`flush`): a token's critical message (its ``validate_token``
+        request, its ``authorize_response``) then leaves before a second thread wakes up
+        and competes with it for the GIL and the CPU, which on a two-core controller
+        costs more than the rest of the token's handling. Until then nobody reads, for the
+        tens of microseconds the work needs to get there. Quick work that publishes
+        nothing gives the reading back when it ends (:meth:`_member`).
         """
         while True:
             if self._stopped.is_set():
@@ -266,13 +272,26 @@ class NetworkLoop:
                 batch, self._batch = self._batch, []
                 if not self._idle and len(self._threads) >= self._max_threads:
                     # Nobody could take over: keep reading; the work waits for a free thread.
-                    self._backlog.extend(batch)
+                    self._backlog.extend(w for w, _ in batch)
                     continue
+                (first, quick), rest = batch[0], [w for w, _ in batch[1:]]
                 self._leader = self._leader_id = None
-                self._handover = threading.get_ident()
-                self._backlog.extend(batch[1:])
-                self._rouse_locked(len(batch) - 1)
-            return batch[0]
+                self._backlog.extend(rest)
+                if quick:
+                    self._handover = threading.get_ident()
+                    self._rouse_locked(len(rest))
+                else:
+                    self._rouse_locked(len(rest) + 1)
+            return first
+
+    def _run(self, work: Work) -> None:
+        try:
+            work()
+        except Exception as exc:  # the work logs its own failures; this is a last guard
+            log.error("deferred work failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._crew_lock:
+                self._in_flight -= 1
 
     # --- the connection (leader only) ---------------------------------------------------------
 
@@ -334,11 +353,6 @@ class NetworkLoop:
             pass  # already woken (buffer full) or closed by stop()
 
 
-def _run(work: Work) -> None:
-    try:
-        work()
-    except Exception as exc:  # the work logs its own failures; this is a last guard
-        log.error("deferred work failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _no_op(client: Any, userdata: Any, sock: Any) -> None:

@@ -96,6 +96,12 @@ class AuthHandler:
 
     # --- setup ----------------------------------------------------------------------------
 
+    @property
+    def token_count(self) -> int:
+        """Tokens between Processing and their final status (being validated, or waiting
+        for a car). Read without the lock: a bound checked against it may be off by one."""
+        return len(self._in_process)
+
     def add_evse(
         self, evse_id: int, index: int, connectors: Sequence[tuple[int, ConnectorTypeEnum | None]]
     ) -> None:

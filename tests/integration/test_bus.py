@@ -540,3 +540,116 @@ def test_call_from_a_var_handler_is_refused_not_deadlocked(make_bus: Callable[..
     assert wait_for(lambda: "var handler failed" in log.events())
     _, _, fields = next(r for r in log.records if r[1] == "var handler failed")
     assert "call_async" in fields["error"]
+
+
+# --- the crew: any thread writes, deferred work runs beside the reader ----------------------
+
+
+@pytest.mark.timeout(60)
+def test_publishes_from_many_threads_arrive_whole_and_in_order(
+        make_bus: Callable[..., BusClient]) -> None:
+    """Every thread writes its own packets; the write lock must keep them whole and each
+    thread's in its order."""
+    threads, per_thread = 8, 150
+    got: dict[int, list[int]] = {t: [] for t in range(threads)}
+    lock = threading.Lock()
+
+    def on_value(v: Any) -> None:
+        with lock:
+            got[v["t"]].append(v["n"])
+
+    listener = make_bus("listener", start=False)
+    listener.subscribe_var("pub", "main", "v", on_value)
+    listener.start()
+    assert listener.wait_connected(10.0)
+    pub = make_bus("pub")
+    barrier = threading.Barrier(threads)
+
+    def publish(t: int) -> None:
+        barrier.wait()
+        for n in range(per_thread):
+            pub.publish_var("main", "v", {"t": t, "n": n, "pad": "x" * (n % 7) * 100})
+
+    workers = [threading.Thread(target=publish, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert wait_for(lambda: sum(len(v) for v in got.values()) == threads * per_thread, 30.0)
+    assert all(got[t] == list(range(per_thread)) for t in range(threads))
+
+
+@pytest.mark.timeout(60)
+def test_deferred_work_runs_beside_the_reader(make_bus: Callable[..., BusClient]) -> None:
+    """Work deferred from a handler runs on the thread that read the message, and another
+    crew thread reads on: a message that arrives while the work blocks is still handled.
+    Quick work hands the reading over at its first publish; other work at once."""
+    for quick in (False, True):
+        release = threading.Event()
+        seen: list[Any] = []
+        ran_on: list[str] = []
+        listener = make_bus(f"listener{int(quick)}", start=False)
+
+        def work() -> None:
+            ran_on.append(threading.current_thread().name)
+            listener.publish_var("main", "started", True)  # quick work: reading moves on here
+            release.wait(20)
+
+        def on_value(v: Any, work: Callable[[], None] = work, quick: bool = quick,
+                     listener: BusClient = listener, seen: list[Any] = seen) -> None:
+            seen.append(v)
+            if v == "block":
+                assert listener.defer(work, quick=quick)
+
+        listener.subscribe_var(f"pub{int(quick)}", "main", "v", on_value)
+        listener.start()
+        assert listener.wait_connected(10.0)
+        pub = make_bus(f"pub{int(quick)}")
+        pub.publish_var("main", "v", "block")
+        assert wait_for(lambda: len(ran_on) == 1)
+        pub.publish_var("main", "v", "while blocked")
+        assert wait_for(lambda: "while blocked" in seen), f"reading stopped (quick={quick})"
+        assert ran_on[0].startswith("bus-listener")
+        release.set()
+
+
+@pytest.mark.timeout(60)
+def test_defer_says_no_when_the_crew_and_its_backlog_are_full(
+        make_bus: Callable[..., BusClient]) -> None:
+    bus = make_bus("crew", work_threads=2, work_backlog=2)
+    release = threading.Event()
+    done: list[int] = []
+
+    def blocked(i: int) -> Callable[[], None]:
+        def work() -> None:
+            release.wait(20)
+            done.append(i)
+        return work
+
+    # One crew thread reads; the other two run work; two more wait in the backlog.
+    accepted = [bus.defer(blocked(i)) for i in range(4)]
+    assert accepted == [True, True, True, True]
+    assert bus.defer(blocked(4)) is False
+    release.set()
+    assert wait_for(lambda: sorted(done) == [0, 1, 2, 3])
+    assert bus.defer(blocked(5)) is True  # room again
+    assert wait_for(lambda: 5 in done)
+
+
+@pytest.mark.timeout(60)
+def test_deferred_work_may_make_blocking_calls(make_bus: Callable[..., BusClient]) -> None:
+    """A crew thread running work is not the reader, so a blocking call is answered."""
+    callee = make_bus("callee")
+    callee.provide_command("main", "echo", lambda a: a["x"])
+    caller = make_bus("caller", start=False)
+    answers: list[Any] = []
+
+    def on_value(v: Any) -> None:
+        assert caller.defer(lambda: answers.append(caller.call("callee", "main", "echo",
+                                                               {"x": v}, timeout=10)))
+
+    caller.subscribe_var("pub", "main", "v", on_value)
+    caller.start()
+    assert caller.wait_connected(10.0)
+    make_bus("pub").publish_var("main", "v", 42)
+    assert wait_for(lambda: answers == [42])

@@ -383,3 +383,47 @@ def test_token_echoed_in_another_modules_error_is_masked_in_the_log(
             [line for line in rig.module_log().splitlines() if secret in line]
     finally:
         echo_bus.stop()
+
+
+# --- more tokens than the module takes at once ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_tokens_beyond_the_bound_are_refused_with_a_final_status(
+        broker: Mosquitto, tmp_path: Path, rigs: list[Rig]) -> None:
+    """No thread waits for a validator, so what bounds the work is the number of tokens in
+    process (token_workers + token_backlog): past it a token is refused at once, with a
+    final Rejected, and the module keeps serving."""
+    from auth_module.module import AuthModule
+    from auth_module.station import load_station
+
+    rig = Rig(broker, tmp_path, scripted=True, validators=[ValidatorSpec("v")],
+              config={"connection_timeout": 30},
+              extra={"timeouts": {"validator_s": 5.0, "command_s": 2.0}})
+    rigs.append(rig)
+    rig.write_station()
+    rig.start_simulators()
+    rig.validators[0].silent = True  # tokens stay in validation until the 5 s bound
+    module = AuthModule(load_station(rig.station_path), token_workers=1, token_backlog=1)
+    stop = threading.Event()
+    runner = threading.Thread(target=module.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        wait_until(module.ready.is_set, DEADLINE_S, "the module to be ready")
+        for value in ("FIRST", "SECOND"):
+            rig.swipe(value)
+            rig.statuses.wait(value, "Processing")
+        rig.swipe("THIRD")
+        rig.statuses.wait("THIRD", "Rejected", timeout=2.0)  # at once, not after 5 s
+        assert rig.statuses.of("THIRD") == ["Rejected"]
+        assert rig.statuses.of("FIRST") == ["Processing"]  # still being validated
+        # the first two end by their validator bound, and then there is room again
+        for value in ("FIRST", "SECOND"):
+            rig.statuses.wait(value, "Rejected", timeout=5.0 + MARGIN_S)
+        rig.validators[0].silent = False
+        rig.swipe("VALID_AGAIN")
+        rig.statuses.wait("VALID_AGAIN", "Rejected", timeout=DEADLINE_S)
+        assert rig.statuses.of("VALID_AGAIN") == ["Processing", "Rejected"]
+    finally:
+        stop.set()
+        runner.join(10)

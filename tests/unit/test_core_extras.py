@@ -892,3 +892,105 @@ def test_restart_releases_evses_no_longer_held(clock: FakeClock, tmp_path) -> No
         ("cancel_reservation", 0), ("cancel_reservation", 1)]
     assert ("reservation_update", 1, ReservationUpdate.Expired) in ports.calls
     assert ports.calls_named("reserve_nowait") == []
+
+
+# --- validation that answers later, and the order of what goes out --------------------------
+
+
+class LaterPorts(RecordingPorts):
+    """Validators that answer when the test says so (as a bus validator does, on another
+    thread): ``validate`` records the callback and returns at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[str, object]] = []
+
+    def validate(self, token: ProvidedIdToken, on_results: object) -> None:  # type: ignore[override]
+        self._record("validate", token.id_token.value)
+        self.waiting.append((token.id_token.value, on_results))
+
+    def answer(self, value: str, results: list[ValidationResult]) -> None:
+        [on_results] = [cb for v, cb in self.waiting if v == value]
+        on_results(results)  # type: ignore[operator]
+
+
+def order_of(ports: RecordingPorts, value: str) -> list[str]:
+    """The calls for one token in order, as 'validate', 'authorize_response' or a status."""
+    out = []
+    for call in ports.calls:
+        if call[0] == "validate" and call[1] == value:
+            out.append("validate")
+        elif call[0] == "status" and call[1] == value:
+            out.append(call[2].value)
+        elif call[0] == "authorize_response" and call[2].id_token.value == value:
+            out.append("authorize_response")
+    return out
+
+
+def test_no_thread_waits_for_a_validator_and_the_answer_finishes_the_token(
+        clock: FakeClock) -> None:
+    ports = LaterPorts()
+    ports.add_evse_index(0)
+    auth = AuthHandler(everest_settings(selection_algorithm=SelectionAlgorithm.FindFirst),
+                       clock, ports, store=None)
+    auth.add_evse(1, 0, [(1, ConnectorTypeEnum.cCCS2)])
+    auth.start()
+    assert auth.on_token(make_token(VALID_TOKEN_1)) == TokenOutcome.VALIDATING
+    assert ports.statuses_of(VALID_TOKEN_1) == [TokenValidationStatus.Processing]
+    assert auth.token_count == 1
+    # the same card again while its validators are asked: not processed twice
+    assert auth.on_token(make_token(VALID_TOKEN_1)) == TokenOutcome.ALREADY_IN_PROCESS
+    ports.answer(VALID_TOKEN_1, [accepted()])
+    assert ports.statuses_of(VALID_TOKEN_1) == [TokenValidationStatus.Processing,
+                                                TokenValidationStatus.Accepted,
+                                                TokenValidationStatus.UsedToStart]
+    assert ports.is_authorized(0)
+    assert auth.token_count == 0
+
+
+def test_the_awaited_message_leaves_before_its_status(auth: AuthHandler,
+                                                     ports: RecordingPorts) -> None:
+    """validate_token before Processing, authorize_response before Accepted: the module
+    that waits gets its message first; the statuses keep their own order."""
+    auth.on_session_event(1, session_started())
+    assert auth.on_token(make_token(VALID_TOKEN_1, connectors=[1])) == \
+        TokenOutcome.USED_TO_START_TRANSACTION
+    assert order_of(ports, VALID_TOKEN_1) == ["validate", "Processing", "authorize_response",
+                                              "Accepted", "UsedToStart"]
+
+
+def test_an_answer_faster_than_the_asking_thread_still_follows_processing(
+        clock: FakeClock) -> None:
+    """A validator may answer (on its own thread) before the asking thread has published
+    Processing; the statuses must still read Processing, Accepted, ..."""
+    ports = RecordingPorts()
+    auth = AuthHandler(everest_settings(selection_algorithm=SelectionAlgorithm.FindFirst),
+                       clock, ports, store=None)
+    auth.add_evse(1, 0, [(1, ConnectorTypeEnum.cCCS2)])
+    auth.start()
+
+    def answer_on_another_thread(token: ProvidedIdToken, on_results: object) -> None:
+        t = threading.Thread(target=on_results, args=([accepted()],))  # type: ignore[arg-type]
+        t.start()
+        t.join()  # the decision is taken before validate() returns
+
+    ports.validate = answer_on_another_thread  # type: ignore[method-assign,assignment]
+    auth.on_token(make_token(VALID_TOKEN_1))
+    assert ports.statuses_of(VALID_TOKEN_1) == [TokenValidationStatus.Processing,
+                                                TokenValidationStatus.Accepted,
+                                                TokenValidationStatus.UsedToStart]
+
+
+def test_withdrawn_while_validating_ends_withdrawn_when_the_answer_comes(
+        clock: FakeClock) -> None:
+    ports = LaterPorts()
+    auth = AuthHandler(everest_settings(selection_algorithm=SelectionAlgorithm.FindFirst),
+                       clock, ports, store=None)
+    auth.add_evse(1, 0, [(1, ConnectorTypeEnum.cCCS2)])
+    auth.start()
+    assert auth.on_token(make_token(VALID_TOKEN_1)) == TokenOutcome.VALIDATING
+    assert auth.withdraw_authorization(WithdrawAuthorizationRequest(
+        id_token=id_token(VALID_TOKEN_1))) == WithdrawAuthorizationResult.Accepted
+    ports.answer(VALID_TOKEN_1, [accepted()])
+    assert ports.statuses_of(VALID_TOKEN_1)[-1] == TokenValidationStatus.Withdrawn
+    assert auth.token_count == 0
