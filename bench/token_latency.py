@@ -473,7 +473,8 @@ def _cpu_snapshot() -> tuple[float, float] | None:
 
 def run(tokens: int, warmup: int, progress: bool,
         module_command: list[str] | None = None,
-        samples_path: Path | None = None, log_level: str = "warning") -> dict[str, Any]:
+        samples_path: Path | None = None, log_level: str = "warning",
+        status_listener: bool = False) -> dict[str, Any]:
     command = module_command or [AUTH_MODULE]
     load_before = os.getloadavg()
     fingerprint = source_fingerprint()
@@ -524,8 +525,12 @@ def run(tokens: int, warmup: int, progress: bool,
             snap_before: tuple[float, float] | None = None
             t_start = 0.0
             total = warmup + tokens
+            checked = 0
             for i in range(total):
                 if i == warmup:
+                    if not status_listener and observer is not None:
+                        observer.stop()  # the measured tokens' statuses go to nobody
+                        observer = None
                     cpu_before, t_start = _cpu_s(proc.pid), time.monotonic()
                     snap_before = _cpu_snapshot()
                 value = f"BENCH-{run_tag}-{i:07d}"
@@ -535,7 +540,12 @@ def run(tokens: int, warmup: int, progress: bool,
                 t1, status = evse.wait_authorize(value)
                 if status != "Accepted":
                     raise RuntimeError(f"{value}: authorize_response {status}, expected Accepted")
-                seen = observer.wait_status(value, "UsedToStart")
+                if i < warmup or status_listener:
+                    assert observer is not None
+                    seen = observer.wait_status(value, "UsedToStart")
+                    checked += 1
+                    if seen != ["Processing", "Accepted", "UsedToStart"]:
+                        odd.append((value, seen))
                 evse.run_session_to_end(msg)
                 evse.handshake(value)
                 rtt = echo.round_trip(body)
@@ -543,8 +553,6 @@ def run(tokens: int, warmup: int, progress: bool,
                     token_ns.append(t1 - t0)
                     echo_ns.append(rtt)
                     raw.append({"token": value, "t_publish": t0, "t_evse": t1})
-                    if seen != ["Processing", "Accepted", "UsedToStart"]:
-                        odd.append((value, seen))
                 if progress and (i + 1) % 500 == 0:
                     print(f"  ... {i + 1}/{total}", file=sys.stderr, flush=True)
             elapsed = time.monotonic() - t_start
@@ -614,6 +622,8 @@ def run(tokens: int, warmup: int, progress: bool,
         },
         "targets": targets,
         "pass": all(t["pass"] for t in targets.values()),
+        "status_listener": status_listener,
+        "status_checked_tokens": checked,
         "unexpected_status_sequences": len(odd),
         "unexpected_examples": odd[:3],
         "validator_calls": len(validator.times),
@@ -653,6 +663,10 @@ def report(r: dict[str, Any]) -> str:
     if r["other_programs_cpu_pct"] is not None:
         lines.append(f"CPU used by other programs during the run: "
                      f"{r['other_programs_cpu_pct']:.0f}% of the machine")
+    listener = ("a status listener stayed subscribed throughout" if r["status_listener"]
+                else "no status listener during the measured tokens")
+    lines.append(f"token statuses checked on {r['status_checked_tokens']} tokens "
+                 f"(Processing, Accepted, UsedToStart); {listener}")
     if r["unexpected_status_sequences"]:
         lines.append(f"WARNING: {r['unexpected_status_sequences']} tokens with an unexpected "
                      f"status sequence, e.g. {r['unexpected_examples']}")
@@ -676,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", default=None, metavar="FILE", type=Path,
                    help="also write every measured token's timestamps (perf_counter_ns: "
                         "CLOCK_MONOTONIC, comparable across processes) as JSON lines")
+    p.add_argument("--status-listener", action="store_true",
+                   help="keep a token_validation_status subscriber (as an OCPP module would "
+                        "be) during the measured tokens too; by default it checks the "
+                        "warm-up tokens' statuses and leaves before the measured ones")
     p.add_argument("--module-command", default=None, metavar="CMD",
                    help="how to start the module instead of the auth-module script (split "
                         "like a shell; '--config STATION' is appended), e.g. to compare a "
@@ -687,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args.tokens, args.warmup, progress=not args.json,
                      module_command=shlex.split(args.module_command) if args.module_command
-                     else None, samples_path=args.samples, log_level=args.log_level)
+                     else None, samples_path=args.samples, log_level=args.log_level,
+                     status_listener=args.status_listener)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         for note in getattr(exc, "__notes__", ()):

@@ -279,6 +279,16 @@ class ErrorMessage:
 
 def decode(payload: Payload) -> dict[str, Any]:
     """JSON object from ``payload``; anything else is an :class:`EnvelopeError`."""
+    if type(payload) is bytes:  # what paho hands over: the fast path, for every message
+        try:
+            obj = json.loads(payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise EnvelopeError(f"payload is not UTF-8: {exc}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise EnvelopeError(f"payload is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise EnvelopeError(f"payload must be a JSON object, got {type(obj).__name__}")
+        return obj
     if isinstance(payload, Mapping):
         return dict(payload)
     if isinstance(payload, (bytes, bytearray, memoryview)):

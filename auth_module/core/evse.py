@@ -42,6 +42,9 @@ class ConnectorEvent(StrEnum):
 
 
 S, E = ConnectorState, ConnectorEvent
+_STATE_OF = {s.value: s for s in ConnectorState}  # the machine's state string -> the enum
+_OCCUPIED = frozenset({S.OCCUPIED, S.FAULTED_OCCUPIED})
+_NOT_USABLE = frozenset({S.UNAVAILABLE, S.FAULTED})
 _TRANSITIONS = [
     (E.TRANSACTION_STARTED, S.AVAILABLE, S.OCCUPIED),
     (E.DISABLE, S.AVAILABLE, S.UNAVAILABLE),
@@ -85,7 +88,7 @@ class Connector:
 
     @property
     def connector_state(self) -> ConnectorState:
-        return ConnectorState(self.state)
+        return _STATE_OF[self.state]
 
     def is_unavailable(self) -> bool:
         return self.connector_state in (S.UNAVAILABLE, S.UNAVAILABLE_FAULTED)
@@ -128,10 +131,13 @@ class EvseState:
         """Free to be authorized: not timed out, not authorized, no occupied connector."""
         if self.plug_in_timed_out or self.authorization is not None:
             return False
-        states = [c.connector_state for c in self.connectors]
-        if any(s in (S.OCCUPIED, S.FAULTED_OCCUPIED) for s in states):
-            return False
-        return any(s not in (S.UNAVAILABLE, S.FAULTED) for s in states)
+        usable = False
+        for connector in self.connectors:
+            state = connector.connector_state
+            if state in _OCCUPIED:
+                return False
+            usable = usable or state not in _NOT_USABLE
+        return usable
 
     def is_unavailable(self) -> bool:
         """Every connector disabled: the EVSE is left out of selection altogether."""
