@@ -2,30 +2,35 @@
 
 ::
 
-    python -m bench.token_latency [--tokens 2000] [--warmup 100] [--json]
+    python -m bench.token_latency [--tokens 2000] [--warmup 100] [--json] [--status-listener]
 
 One run, one mosquitto on loopback (``simulators.broker.Mosquitto``, TCP_NODELAY), and:
 
 * the module as its own process (``auth-module --config station.yaml``): FindFirst, one EVSE,
   one bus token provider, one bus validator, ``logging: {level: warning}``;
-* in this process: the token provider, a validator that answers ``Accepted`` at once, an
-  EVSE-manager stand-in, each its own ``BusClient`` (its own MQTT connection), so both ends
-  of the timed interval are read from one monotonic clock (``time.perf_counter_ns``); an
-  observer of ``token_validation_status`` runs in a child process (so its traffic does not
-  compete for this process's GIL during the timed interval) and reports over a pipe;
-* beside it, on the same broker: two raw paho 2.x clients doing an MQTT echo (A publishes on
-  topic ``ping``, B republishes the payload on ``pong``, A times publish -> receive), with
-  TCP_NODELAY and the module's QoS (1). One echo round trip is made after every token, while
-  the module is idle, so both series see the same machine conditions.
+* an MQTT echo: two raw paho 2.x clients with ``loop_start()`` (A publishes on ``ping``, B
+  republishes the payload on ``pong`` from its ``on_message``, A times publish -> its own
+  ``on_message``). Every client in the bench publishes and subscribes with the module's QoS
+  (publish 1, subscribe ``BusClient``'s ``SUBSCRIBE_QOS``) and sets TCP_NODELAY;
+* the other modules, each made like one of the echo's clients, so that the two intervals
+  are measured alike: the token provider *is* client A (the token is published exactly as
+  a ping is); the EVSE-manager stand-in is a raw paho client that takes its timestamp first
+  thing in ``on_message``, as A does for a pong, and answers every command there; the
+  instant validator is a raw paho client in a child process that answers in
+  ``on_message``, as B does. Both ends of the interval are read in this process
+  (``time.perf_counter_ns``); the validator's timestamps come over a pipe at the end;
+* an observer of ``token_validation_status`` (a child process) checks that the warm-up
+  tokens' statuses are exactly Processing, Accepted, UsedToStart and then leaves, so the
+  measured tokens' statuses fan out to nobody, as the echo's messages do. With
+  ``--status-listener`` it stays (a station with an OCPP module listening).
 
 Per token (sequential, one in flight): a fresh token value is published; the interval ends
-in the EVSE stand-in's ``on_message`` (paho's network thread) for ``authorize_response``.
-Outside the timed interval the bench then waits for the token's final ``UsedToStart``
-status, ends the session (SessionStarted, TransactionStarted, TransactionFinished,
+in the EVSE stand-in's ``on_message`` for ``authorize_response``. Outside the timed interval
+the bench then ends the session (SessionStarted, TransactionStarted, TransactionFinished,
 SessionFinished, all from the EVSE stand-in's connection) and makes a handshake call
 (``exists_reservation``) from that same connection: the module handles session events in
-order on its network thread before it dispatches the later command, so the answer proves
-the EVSE is free again before the next token is sent.
+order before it dispatches the later command, so the answer proves the EVSE is free again.
+Then one echo round trip, while the module is idle, so both series see the same machine.
 
 Targets: p50(token) / p50(echo) <= 3.0 and token p99 < 10 ms. Exit status 0 when both
 pass, 1 when one fails, 2 when the bench itself could not run.
