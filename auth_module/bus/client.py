@@ -6,10 +6,11 @@ each (re)connect, answers every incoming command exactly once, and matches repli
 own calls by call id. See ``docs/bus-api.md`` for the contract other code relies on.
 
 Threads:
-- the network thread (:class:`~auth_module.bus.netloop.NetworkLoop`) reads and runs
-  ``on_message``: var/error/raw handlers run there and must be quick; command calls are
-  handed to a bounded worker pool so a handler may itself call other modules without
-  blocking the network thread. A thread that publishes writes its packet itself.
+- a crew (:class:`~auth_module.bus.netloop.NetworkLoop`): one thread at a time reads and
+  runs ``on_message``, so var/error/raw handlers run there, in order, and must be quick;
+  work they ``defer`` runs on the thread that read it while another reads on. Command
+  calls are handed to a bounded worker pool, so a handler may itself call other modules.
+  A thread that publishes writes its packet itself.
 - a small callback pool runs ``call_async`` ``on_result`` callbacks.
 - a reaper thread times out ``call_async`` calls that got no answer.
 """
@@ -369,7 +370,7 @@ class BusClient:
         the call early: paho resends the QoS1 request and the answer may still come.
         """
         if threading.current_thread() is self._loop.leader:
-            raise RuntimeError("bus.call() on the network thread would deadlock; use call_async()")
+            raise RuntimeError("bus.call() on the reading thread would deadlock; use call_async()")
         topic = cmd_topic(self.prefix, module_id, impl_id, name)
         label = f"{module_id}/{impl_id}/{name}"
         if not self._connected:
@@ -409,7 +410,7 @@ class BusClient:
 
         ``on_result(CallOutcome)`` runs later on a worker thread; without it, failures are
         logged in one line. ``inline=True`` runs it on the thread that completes the call
-        instead (the network thread for an answer): no thread hand-off, for a quick,
+        instead (the reading thread for an answer): no thread hand-off, for a quick,
         non-blocking ``on_result`` on a latency-critical path.
         """
         topic = cmd_topic(self.prefix, module_id, impl_id, name)
