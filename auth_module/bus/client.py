@@ -182,7 +182,7 @@ class BusClient:
         self._log = logger if logger is not None else structlog.get_logger("bus")
         self._log = self._log.bind(module_id=module_id)
 
-        # State shared with the network thread. _lock guards subscriptions and lifecycle flags.
+        # State shared with the reading thread. _lock guards subscriptions and lifecycle flags.
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -193,7 +193,7 @@ class BusClient:
         self._unacked_subs: set[int] = set()
         self._subs_done = threading.Condition(self._lock)
 
-        # Dispatch tables are replaced, never mutated, so the network thread reads them lock-free.
+        # Dispatch tables are replaced, never mutated, so the reading thread reads them lock-free.
         self._filters: tuple[str, ...] = ()
         self._exact: dict[str, tuple[Callable[[str, bytes], None], ...]] = {}
         self._raw: tuple[tuple[str, RawHandler], ...] = ()
@@ -438,7 +438,7 @@ class BusClient:
     # --- listening -------------------------------------------------------------------
 
     def subscribe_var(self, module_id: str, impl_id: str, name: str, handler: VarHandler) -> None:
-        """``handler(value)`` for each ``Var`` on that topic; runs on the network thread."""
+        """``handler(value)`` for each ``Var`` on that topic; runs on the reading thread, in arrival order."""
         topic = var_topic(self.prefix, module_id, impl_id, name)
 
         def dispatch(topic: str, payload: bytes) -> None:
@@ -462,7 +462,7 @@ class BusClient:
         on_raised: ErrorHandler | None = None,
         on_cleared: ErrorHandler | None = None,
     ) -> None:
-        """``on_raised(data)`` / ``on_cleared(data)`` for that error; runs on the network thread."""
+        """``on_raised(data)`` / ``on_cleared(data)`` for that error; runs on the reading thread."""
         topic = error_topic(self.prefix, module_id, impl_id, error_type)
 
         def dispatch(topic: str, payload: bytes) -> None:
@@ -482,7 +482,7 @@ class BusClient:
         self._add_dispatch(topic, dispatch)
 
     def subscribe_raw(self, topic_filter: str, handler: RawHandler) -> None:
-        """``handler(topic, payload_bytes)`` for any filter (wildcards allowed); network thread."""
+        """``handler(topic, payload_bytes)`` for any filter (wildcards allowed); reading thread."""
         if not topic_filter:
             raise ValueError("topic_filter must be non-empty")
         with self._lock:
@@ -521,7 +521,7 @@ class BusClient:
         self._unacked_subs.add(mid)
         return mid
 
-    # --- internals: paho callbacks (network thread) ----------------------------------
+    # --- internals: paho callbacks (the reading thread) ----------------------------------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         """TCP_NODELAY, or QoS1 request/reply stalls ~40 ms on delayed ACKs."""
