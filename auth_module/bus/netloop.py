@@ -43,6 +43,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -179,7 +180,8 @@ class NetworkLoop:
                 self._rouse_locked(1)
 
     def stop(self, timeout: float) -> None:
-        """End the crew (after ``client.disconnect()``) and wait for its threads."""
+        """End the crew (after ``client.disconnect()``) and wait for its threads, at most
+        ``timeout`` seconds in all: a thread still running work is a daemon and is left."""
         with self._crew_lock:
             self._stopping = True
             threads = list(self._threads)
@@ -190,9 +192,10 @@ class NetworkLoop:
         self._stopped.set()
         self._wake_leader()
         me = threading.current_thread()
+        deadline = time.monotonic() + timeout
         for t in threads:
             if t is not me and t.is_alive():
-                t.join(timeout)
+                t.join(max(0.0, deadline - time.monotonic()))
         for s in (self._wake_r, self._wake_w):
             s.close()
 
