@@ -427,3 +427,45 @@ def test_tokens_beyond_the_bound_are_refused_with_a_final_status(
     finally:
         stop.set()
         runner.join(10)
+
+
+@pytest.mark.timeout(90)
+def test_a_token_in_validation_when_the_broker_dies_still_gets_its_final_status(
+        tmp_path: Path, rigs: list[Rig]) -> None:
+    """The token's validator call times out while the broker is away; its final status is
+    published then (QoS 1, kept by paho) and delivered once the broker is back."""
+    broker = Mosquitto()
+    conf = broker.conf_path.read_text().replace(
+        "persistence false", f"persistence true\npersistence_location {tmp_path}/")
+    broker.conf_path.write_text(conf)
+    status_topic = f"{P}modules/{MID}/impl/main/var/token_validation_status"
+    raw: RawClient | None = None
+    try:
+        broker.start()
+        rig = Rig(broker, tmp_path, scripted=True, validators=[ValidatorSpec("validator")],
+                  config={"connection_timeout": 30},
+                  extra={"timeouts": {"validator_s": 2.0, "command_s": 2.0}})
+        rigs.append(rig)
+        rig.start()
+        raw = RawClient(broker.host, broker.port, filters=(status_topic,),
+                        client_id="robustness-status-watch", clean_session=False).start()
+        rig.validators[0].silent = True
+        rig.swipe("IN_FLIGHT")
+        rig.statuses.wait("IN_FLIGHT", "Processing")
+        broker.stop()  # the validator's answer can no longer come: the call times out
+        time.sleep(3.0)
+        assert rig.proc is not None and rig.proc.poll() is None
+        broker.start()
+
+        def statuses() -> list[str]:
+            return [json.loads(p)["data"]["data"]["status"] for p in raw.on(status_topic)
+                    if json.loads(p)["data"]["data"]["token"]["id_token"]["value"] == "IN_FLIGHT"]
+
+        wait_until(lambda: "Rejected" in statuses(), 20.0, "the final status after the restart")
+        assert statuses() == ["Processing", "Rejected"]
+    finally:
+        if raw is not None:
+            raw.stop()
+        for r in rigs:
+            r.stop()
+        broker.close()
