@@ -11,10 +11,12 @@ Here, in the *leader/followers* pattern (Schmidt et al., POSA vol. 2):
 
 - one crew thread at a time, the **leader**, waits on the socket, reads, and runs the
   quick handlers (session events, answers to our calls) in arrival order;
-- a handler that finds *token work* (a new token, a token's validator answers) calls
-  :meth:`NetworkLoop.defer`. After the read, the leader wakes an idle crew thread to lead
-  in its place and does the work itself, at once, with no hand-off: the thread that
-  received a token becomes that token's thread, and the bus is never left unread;
+- a handler that finds *token work* (a new token, a token's last validator answer) calls
+  :meth:`NetworkLoop.defer`. After the read the leader steps down and does the work
+  itself, at once, with no hand-off: the thread that received a token becomes that
+  token's thread. An idle crew thread is woken to lead in its place: for ``quick`` work
+  (token work, which waits for nothing) once the work's first packet is written, for
+  other work at once;
 - work deferred from elsewhere (a timer, an in-process token reader) waits in a bounded
   backlog for the next free crew thread;
 - any thread writes its own packets (``flush``), so a publish leaves at once.
@@ -30,9 +32,10 @@ paho supports this "external loop" mode through its public ``loop_read`` / ``loo
 - only the leader reads (``loop_read``, ``loop_misc``), connects and reconnects;
 - every write (``loop_write``, and ``reconnect``, which resets the outgoing queue) holds
   ``_write_lock``, so packets leave whole and in the order they were queued;
-- a thread that finds the write lock taken does not wait: it raises ``_flush_wanted``
-  and the holder writes once more before it lets go (raised after the packet was queued,
-  lowered before each write, so no packet is left behind);
+- a writer holds the lock for one ``send()``, so a thread that finds it taken waits; if
+  it is held longer (a reconnect), the waiter raises ``_flush_wanted`` and leaves, and the
+  holder writes once more before it lets go (raised after the packet was queued, lowered
+  before each write, so no packet is left behind);
 - ``on_socket_register_write`` is set, which tells paho never to write by itself from
   ``publish()``; what the kernel does not take at once (a full socket buffer) is written
   by the leader when ``select`` says the socket is writable.
