@@ -187,8 +187,6 @@ class AuthHandler:
                 return TokenOutcome.ALREADY_IN_PROCESS
             request = TokenRequest(token=token.model_copy(), referenced=referenced)
             self._in_process[request.key] = request
-            log.info("token received", token=token.id_token.value,
-                     auth_type=token.authorization_type.value, evses=referenced)
             early = self._before_validation(request)
             if early is not None:
                 return self._finish(request, early)
@@ -220,6 +218,9 @@ class AuthHandler:
         if not request.announced:
             request.announced = True
             self._publish(request.token, TokenValidationStatus.Processing)
+            log.info("token received", token=request.token.id_token.value,
+                     auth_type=request.token.authorization_type.value,
+                     evses=request.referenced)
 
     def _on_validated(self, request: TokenRequest, results: list[ValidationResult]) -> TokenOutcome:
         """Every validator has answered: decide, and publish the final status if known.
@@ -399,8 +400,9 @@ class AuthHandler:
             result.authorization_status = AuthorizationStatus.NotAtThisTime
         if request.authorized:
             token.connectors = [evse_id]
-            log.info("authorization given", evse=evse_id, token=token.id_token.value)
         self._notify_evse(evse_id, token, result)
+        if request.authorized:  # logged after the message the EVSE waits for
+            log.info("authorization given", evse=evse_id, token=token.id_token.value)
 
     def _park(self, request: TokenRequest, pool: list[int]) -> None:
         request.waiting_for = pool
