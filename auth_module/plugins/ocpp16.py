@@ -570,7 +570,7 @@ class Ocpp16Validator:
             except Exception as exc:  # refused, DNS, TLS, HTTP status, open timeout, ...
                 event = "ocpp16 csms unreachable; retrying"
                 fields = {"url": self.url, "error": _one_line(exc), "retry_in_s": delay}
-                if failures == 0:
+                if failures == 0 and not self._closed:  # closing: not worth a warning
                     log.warning(event, **fields)
                 else:
                     log.debug(event, **fields)
