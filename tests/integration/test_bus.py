@@ -653,3 +653,38 @@ def test_deferred_work_may_make_blocking_calls(make_bus: Callable[..., BusClient
     assert caller.wait_connected(10.0)
     make_bus("pub").publish_var("main", "v", 42)
     assert wait_for(lambda: answers == [42])
+
+
+@pytest.mark.timeout(60)
+def test_a_busy_crew_keeps_reading_and_runs_queued_work_later(
+        make_bus: Callable[..., BusClient]) -> None:
+    """With every other crew thread busy, the reader does not step down: it queues the work
+    and keeps reading, and the work runs when a thread is free again."""
+    release = threading.Event()
+    ran: list[str] = []
+    seen: list[Any] = []
+    listener = make_bus("busy", start=False, work_threads=1, work_backlog=4)
+
+    def blocking() -> None:
+        ran.append("blocking")
+        release.wait(20)
+
+    def on_value(v: Any) -> None:
+        seen.append(v)
+        if v == "block":
+            assert listener.defer(blocking)
+        elif v == "queue":
+            assert listener.defer(lambda: ran.append("queued"))
+
+    listener.subscribe_var("pubq", "main", "v", on_value)
+    listener.start()
+    assert listener.wait_connected(10.0)
+    pub = make_bus("pubq")
+    pub.publish_var("main", "v", "block")
+    assert wait_for(lambda: ran == ["blocking"])
+    pub.publish_var("main", "v", "queue")  # the only worker is busy: queued
+    pub.publish_var("main", "v", "still read")
+    assert wait_for(lambda: "still read" in seen)
+    assert ran == ["blocking"]
+    release.set()
+    assert wait_for(lambda: ran == ["blocking", "queued"])
