@@ -83,7 +83,6 @@ EVSE_ID = "evse_manager_1"
 # Every client here publishes and subscribes as the module does (auth_module/bus/client.py:
 # BusClient publishes at QoS 1, its default, and subscribes at SUBSCRIBE_QOS).
 QOS = 1
-SUB_QOS = SUBSCRIBE_QOS
 STEP_TIMEOUT_S = 5.0
 
 TARGET_RATIO = 3.0
@@ -109,7 +108,7 @@ def _validator_main(host: str, port: int, out: Any, stop: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        c.subscribe(request, qos=SUB_QOS)
+        c.subscribe(request, qos=SUBSCRIBE_QOS)
 
     def on_message(c: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         t_in = time.perf_counter_ns()
@@ -203,7 +202,7 @@ class EvseStandIn:
         self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
             socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(
-            [(self._commands, SUB_QOS), (self._handshake_answers, SUB_QOS)])
+            [(self._commands, SUBSCRIBE_QOS), (self._handshake_answers, SUBSCRIBE_QOS)])
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
 
@@ -374,7 +373,7 @@ class Echo:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-            client.subscribe(sub_topic, qos=SUB_QOS)
+            client.subscribe(sub_topic, qos=SUBSCRIBE_QOS)
 
         def on_subscribe(client: Any, userdata: Any, mid: Any, codes: Any, props: Any) -> None:
             self._subscribed.release()
@@ -616,7 +615,7 @@ def run(tokens: int, warmup: int, progress: bool,
         "tokens": tokens,
         "warmup": warmup,
         "qos": QOS,
-        "subscribe_qos": SUB_QOS,
+        "subscribe_qos": SUBSCRIBE_QOS,
         "token_ms": token,
         "echo_ms": echo_s,
         "ratio_p50": ratio,

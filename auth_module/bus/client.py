@@ -369,7 +369,7 @@ class BusClient:
         NotConnected if the broker is down now. A link that drops while we wait does not end
         the call early: paho resends the QoS1 request and the answer may still come.
         """
-        if threading.current_thread() is self._loop.leader:
+        if self._loop.reads_here():
             raise RuntimeError("bus.call() on the reading thread would deadlock; use call_async()")
         topic = cmd_topic(self.prefix, module_id, impl_id, name)
         label = f"{module_id}/{impl_id}/{name}"

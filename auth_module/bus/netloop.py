@@ -104,8 +104,7 @@ class NetworkLoop:
         # plain lock is the cheapest wake-up Python has); LIFO: the warmest thread first.
         self._idle: list[threading.Lock] = []
         self._backlog: deque[Work] = deque()
-        self._leader: threading.Thread | None = None
-        self._leader_id: int | None = None  # its ident: compared on every defer and flush
+        self._leader_id: int | None = None  # the reading thread's ident, None while nobody reads
         # A former leader running work it read (its ident); it wakes the next leader once
         # its first packet is written (flush), see _lead().
         self._handover: int | None = None
@@ -123,10 +122,10 @@ class NetworkLoop:
             self._started = True
             self._spawn_locked()
 
-    @property
-    def leader(self) -> threading.Thread | None:
-        """The thread reading right now; a blocking call made on it would never be answered."""
-        return self._leader
+    def reads_here(self) -> bool:
+        """Whether the calling thread is the one reading: a blocking call made on it would
+        never be answered."""
+        return threading.get_ident() == self._leader_id
 
     def connected(self) -> None:
         """The broker accepted us: the next lost connection retries from the shortest delay."""
@@ -146,7 +145,7 @@ class NetworkLoop:
             if self._stopping or self._in_flight >= self._slots:
                 return False
             self._in_flight += 1
-            if threading.get_ident() == self._leader_id:
+            if self.reads_here():
                 self._batch.append((work, quick))
                 return True
             self._backlog.append(work)
@@ -168,7 +167,7 @@ class NetworkLoop:
                 left_over = self._client.want_write()
             finally:
                 self._write_lock.release()
-            if left_over and threading.get_ident() != self._leader_id:
+            if left_over and not self.reads_here():
                 self._wake_leader()
         if self._handover == threading.get_ident():
             self._hand_over()
@@ -179,7 +178,7 @@ class NetworkLoop:
             if self._handover != threading.get_ident():
                 return
             self._handover = None
-            if self._leader is None:
+            if self._leader_id is None:
                 self._rouse_locked(1)
 
     def stop(self, timeout: float) -> None:
@@ -232,8 +231,7 @@ class NetworkLoop:
             with self._crew_lock:
                 if self._stopping:
                     return
-                if self._leader is None:
-                    self._leader = threading.current_thread()
+                if self._leader_id is None:
                     self._leader_id = threading.get_ident()
                     self._handover = None
                 elif self._backlog:
@@ -242,7 +240,7 @@ class NetworkLoop:
                     self._idle.append(parked)
             if work is not None:
                 self._run(work)
-            elif self._leader is threading.current_thread():
+            elif self.reads_here():
                 mine = self._lead()
                 if mine is not None:
                     self._run(mine)
@@ -263,7 +261,7 @@ class NetworkLoop:
         while True:
             if self._stopped.is_set():
                 with self._crew_lock:
-                    self._leader = self._leader_id = None
+                    self._leader_id = None
                     self._batch.clear()
                 return None
             try:
@@ -281,7 +279,7 @@ class NetworkLoop:
                     self._backlog.extend(w for w, _ in batch)
                     continue
                 (first, quick), rest = batch[0], [w for w, _ in batch[1:]]
-                self._leader = self._leader_id = None
+                self._leader_id = None
                 self._backlog.extend(rest)
                 if quick:
                     self._handover = threading.get_ident()
