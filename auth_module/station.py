@@ -161,6 +161,10 @@ class MqttSettings(_Section):
         return value
 
 
+_IMPLEMENTED_SELECTION = (SelectionAlgorithm.PlugEvents, SelectionAlgorithm.PlugEventsLIFO,
+                          SelectionAlgorithm.FindFirst)
+
+
 class StationConfig(_Section):
     """The Auth module's config keys; names and defaults are those of ``manifest.yaml``."""
 
@@ -174,15 +178,16 @@ class StationConfig(_Section):
     )
     ignore_connector_faults: bool = Field(default=_config_default("ignore_connector_faults"))
     plug_in_timeout_enabled: bool = Field(default=_config_default("plug_in_timeout_enabled"))
+    stop_transaction_on_reswipe: bool = Field(default=_config_default("stop_transaction_on_reswipe"))
 
     @field_validator("selection_algorithm", mode="before")
     @classmethod
     def _selection(cls, value: Any) -> SelectionAlgorithm:
         if value == SelectionAlgorithm.UserInput:
-            raise ValueError("UserInput is not implemented; use PlugEvents or FindFirst")
-        if value in (SelectionAlgorithm.PlugEvents, SelectionAlgorithm.FindFirst):
+            raise ValueError("UserInput is not implemented; use PlugEvents, PlugEventsLIFO or FindFirst")
+        if value in _IMPLEMENTED_SELECTION:
             return SelectionAlgorithm(value)
-        raise ValueError(f"must be PlugEvents or FindFirst (got {_show(value)})")
+        raise ValueError(f"must be PlugEvents, PlugEventsLIFO or FindFirst (got {_show(value)})")
 
     @field_validator("connection_timeout", mode="before")
     @classmethod

@@ -74,6 +74,7 @@ class TokenValidationStatus(StrEnum):
     UsedToStart = "UsedToStart"
     UsedToStop = "UsedToStop"
     Withdrawn = "Withdrawn"
+    UsedToReauthorize = "UsedToReauthorize"
 
 
 class AuthorizationType(StrEnum):
@@ -98,6 +99,7 @@ class IdTokenType(StrEnum):
 class SelectionAlgorithm(StrEnum):
     UserInput = "UserInput"
     PlugEvents = "PlugEvents"
+    PlugEventsLIFO = "PlugEventsLIFO"
     FindFirst = "FindFirst"
 
 
@@ -219,6 +221,7 @@ class StopTransactionReason(StrEnum):
     TimeLimitReached = "TimeLimitReached"
     Timeout = "Timeout"
     ReqEnergyTransferRejected = "ReqEnergyTransferRejected"
+    EVSEDisabled = "EVSEDisabled"
 
 
 class StopTransactionRequest(_Model):

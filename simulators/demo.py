@@ -52,7 +52,7 @@ __all__ = ["main"]
 
 PROG = "auth-demo"
 INDENT = "      "
-FINAL = ("UsedToStart", "UsedToStop", "Rejected", "TimedOut", "Withdrawn")
+FINAL = ("UsedToStart", "UsedToStop", "UsedToReauthorize", "Rejected", "TimedOut", "Withdrawn")
 DEADLINE_S = 5.0          # how long any expected reaction may take
 READY_DEADLINE_S = 20.0   # how long the module may take to publish ready
 DEMO_TIMEOUT_S = 3        # the connection timeout used in the timeout scene
@@ -65,6 +65,7 @@ DEFAULT_NOTES = {
     "Accepted": "the validator knows the card",
     "UsedToStart": "the card was given to an EVSE",
     "UsedToStop": "the card stopped a transaction",
+    "UsedToReauthorize": "the card belongs to a running transaction, which goes on",
     "Rejected": "the card may not charge here",
     "TimedOut": "nothing happened within the connection timeout",
     "Withdrawn": "the authorization was withdrawn",

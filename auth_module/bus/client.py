@@ -86,7 +86,7 @@ _REAP_SLACK_S = 0.05  # a call times out up to this much after its timeout
 SUBSCRIBE_QOS = 0
 
 
-_HANDLER_EVENTS = frozenset({"HandlerException", "NotReady", "Timeout"})
+_HANDLER_EVENTS = frozenset({"HandlerException", "NotReady", "CmdTimeout", "Shutdown"})
 
 
 class BusError(Exception):
@@ -94,7 +94,8 @@ class BusError(Exception):
 
 
 class CommandError(BusError):
-    """The callee answered with an error envelope (``event`` as in CONTRACT.md §3)."""
+    """The callee answered with an error envelope (``event``: its ``__everest__error_type``,
+    CONTRACT.md §3)."""
 
     def __init__(self, event: str, msg: str = "") -> None:
         super().__init__(f"{event}: {msg}" if msg else event)
@@ -737,7 +738,7 @@ class BusClient:
                     self._log.warning("malformed command dropped: no id/origin to answer", cmd=label, reason=str(exc))
                     return
                 self._log.warning("malformed command answered", cmd=label, reason=str(exc))
-                self._answer_error(entry, salvaged[0], salvaged[1], "MessageParsingFailed", str(exc))
+                self._answer_error(entry, salvaged[0], salvaged[1], "MessageParsingError", str(exc))
                 return
             if entry.validate is not None:
                 try:
@@ -746,7 +747,7 @@ class BusClient:
                     problem = _one_line(exc)
                 if problem:
                     self._log.info("command refused by validation", cmd=label, origin=cmd.origin)
-                    self._answer_error(entry, cmd.id, cmd.origin, "SchemaValidationFailed", str(problem))
+                    self._answer_error(entry, cmd.id, cmd.origin, "SchemaValidationError", str(problem))
                     return
             try:
                 retval = entry.handler(cmd.args)

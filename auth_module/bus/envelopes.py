@@ -4,7 +4,7 @@ Kept free of paho so the wire format (``shared/spec/CONTRACT.md`` §3) can be un
 and reused by tools without a broker. Builders return plain dicts; :func:`encode` turns them
 into bytes. Parsers take bytes, str or an already-decoded dict and raise
 :class:`EnvelopeError` with a readable reason on anything that is not the expected shape,
-so callers can log one line and drop (or answer ``MessageParsingFailed``).
+so callers can log one line and drop (or answer ``MessageParsingError``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
-    "CMD_ERROR_EVENTS",
+    "CMD_ERROR_TYPES",
+    "ERROR_MSG_KEY",
+    "ERROR_SEVERITIES",
+    "ERROR_STATES",
+    "ERROR_TYPE_KEY",
+    "MSG_TYPES",
     "CmdMessage",
     "CmdResultMessage",
     "EnvelopeError",
@@ -52,9 +57,22 @@ __all__ = [
     "var_topic",
 ]
 
-#: The error events a command answer may carry (CONTRACT.md §3).
-CMD_ERROR_EVENTS: frozenset[str] = frozenset(
-    {"SchemaValidationFailed", "MessageParsingFailed", "HandlerException", "Timeout", "NotReady"}
+#: The error types a command answer may carry (CONTRACT.md §3; EVerest's framework,
+#: ``lib/conversions.cpp``). A C++ receiver turns any other string into an exception that
+#: ends its process, so nothing else may ever be sent.
+CMD_ERROR_TYPES: frozenset[str] = frozenset(
+    {"MessageParsingError", "SchemaValidationError", "HandlerException", "CmdTimeout", "Shutdown",
+     "NotReady"}
+)
+#: The keys of a command error object, as EVerest's ``utils/conversions.hpp`` names them.
+ERROR_TYPE_KEY = "__everest__error_type"
+ERROR_MSG_KEY = "__everest__error_msg"
+
+#: Every ``msg_type`` the EVerest framework knows (its ``lib/types.cpp``). Any other string
+#: under the prefix makes each EVerest process that reads it exit, so we never publish one.
+MSG_TYPES: frozenset[str] = frozenset(
+    {"Var", "Cmd", "CmdResult", "RaiseError", "ClearError", "ConfigurationRequest",
+     "ConfigurationResponse", "Heartbeat", "ModuleReady", "GlobalReady"}
 )
 
 Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
@@ -160,17 +178,27 @@ def cmd_result_envelope(call_id: str, retval: Any, origin: str) -> dict[str, Any
     }
 
 
-def cmd_error_envelope(call_id: str, event: str, msg: str, origin: str) -> dict[str, Any]:
-    """An error answer: ``error: {event, msg}`` in place of ``retval``."""
-    if event not in CMD_ERROR_EVENTS:
-        raise ValueError(f"unknown command error event {event!r}")
+def cmd_error_envelope(call_id: str, error_type: str, msg: str, origin: str) -> dict[str, Any]:
+    """An error answer: ``error: {__everest__error_type, __everest__error_msg}`` in place of
+    ``retval``. EVerest's callers read both keys with ``.at()``, so both are always there."""
+    if error_type not in CMD_ERROR_TYPES:
+        raise ValueError(f"unknown command error type {error_type!r}")
     return {
         "msg_type": "CmdResult",
         "data": {
             "type": "result",
-            "data": {"id": call_id, "error": {"event": event, "msg": str(msg)}, "origin": origin},
+            "data": {
+                "id": call_id,
+                "error": {ERROR_TYPE_KEY: error_type, ERROR_MSG_KEY: str(msg)},
+                "origin": origin,
+            },
         },
     }
+
+
+#: What an error's ``state`` may be (EVerest's ``utils/error.hpp``).
+ERROR_STATES: frozenset[str] = frozenset({"Active", "ClearedByModule", "ClearedByReboot"})
+ERROR_SEVERITIES: frozenset[str] = frozenset({"Low", "Medium", "High"})
 
 
 def _error_envelope(
@@ -183,14 +211,26 @@ def _error_envelope(
     state: str,
     uuid: str | None,
     timestamp: str | None,
+    description: str,
+    sub_type: str,
+    vendor_id: str,
 ) -> dict[str, Any]:
+    # Every field EVerest's error_json.hpp writes: its readers take each one with .at(), so
+    # a missing one ends the reading module.
+    if state not in ERROR_STATES:
+        raise ValueError(f"unknown error state {state!r}")
+    if severity not in ERROR_SEVERITIES:
+        raise ValueError(f"unknown error severity {severity!r}")
     return {
         "msg_type": msg_type,
         "data": {
             "type": error_type,
+            "sub_type": sub_type,
+            "description": description,
             "message": message,
             "severity": severity,
             "origin": {"module_id": module_id, "implementation_id": impl_id},
+            "vendor_id": vendor_id,
             "state": state,
             "timestamp": timestamp or utc_timestamp(),
             "uuid": uuid or str(_uuid.uuid4()),
@@ -208,10 +248,14 @@ def raise_error_envelope(
     state: str = "Active",
     uuid: str | None = None,
     timestamp: str | None = None,
+    description: str = "",
+    sub_type: str = "",
+    vendor_id: str = "",
 ) -> dict[str, Any]:
     """A ``RaiseError`` envelope; ``module_id``/``impl_id`` are the raiser (the origin)."""
     return _error_envelope(
-        "RaiseError", module_id, impl_id, error_type, message, severity, state, uuid, timestamp
+        "RaiseError", module_id, impl_id, error_type, message, severity, state, uuid, timestamp,
+        description, sub_type, vendor_id,
     )
 
 
@@ -222,14 +266,18 @@ def clear_error_envelope(
     message: str = "",
     *,
     severity: str = "High",
-    state: str = "Active",
+    state: str = "ClearedByModule",
     uuid: str | None = None,
     timestamp: str | None = None,
+    description: str = "",
+    sub_type: str = "",
+    vendor_id: str = "",
 ) -> dict[str, Any]:
-    """A ``ClearError`` envelope: the contract says "same, with msg_type ClearError", so the
-    body (including ``state``) matches the raise unless told otherwise."""
+    """A ``ClearError`` envelope: the raise's body with ``state: ClearedByModule`` (or
+    ``ClearedByReboot``), as EVerest's error manager writes it (CONTRACT.md §3)."""
     return _error_envelope(
-        "ClearError", module_id, impl_id, error_type, message, severity, state, uuid, timestamp
+        "ClearError", module_id, impl_id, error_type, message, severity, state, uuid, timestamp,
+        description, sub_type, vendor_id,
     )
 
 
@@ -261,7 +309,7 @@ class CmdMessage:
 
 @dataclass(frozen=True, slots=True)
 class CmdResultMessage:
-    """An answer to one of our calls: ``error`` is ``(event, msg)`` or ``None``."""
+    """An answer to one of our calls: ``error`` is ``(error type, message)`` or ``None``."""
 
     id: str
     origin: str | None
@@ -364,7 +412,7 @@ _ORIGIN_RE = re.compile(r'"origin"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 def salvage_cmd_id_origin(payload: Payload) -> tuple[str, str] | None:
     """``(id, origin)`` of a command that failed :func:`parse_cmd`, if they can be read at all.
 
-    Lets a broken call still get a ``MessageParsingFailed`` answer instead of leaving the
+    Lets a broken call still get a ``MessageParsingError`` answer instead of leaving the
     caller to time out. Tries the JSON structure first, then a regex over the raw text.
     """
     try:
@@ -413,12 +461,20 @@ def parse_cmd_result(payload: Payload) -> CmdResultMessage:
         err = inner["error"]
         if not isinstance(err, dict):
             raise EnvelopeError(f"data.data.error must be an object, got {type(err).__name__}")
-        event = err.get("event")
-        if not isinstance(event, str) or not event:
-            raise EnvelopeError(f"data.data.error.event must be a non-empty string, got {event!r}")
-        msg = err.get("msg", "")
-        return CmdResultMessage(id=call_id, origin=origin, error=(event, "" if msg is None else str(msg)))
+        error_type = err.get(ERROR_TYPE_KEY)
+        if error_type not in CMD_ERROR_TYPES:
+            # Still an error answer: the call fails now instead of timing out later.
+            return CmdResultMessage(id=call_id, origin=origin,
+                                    error=("HandlerException", f"unreadable error answer: {_short(err)}"))
+        msg = err.get(ERROR_MSG_KEY, "")
+        return CmdResultMessage(id=call_id, origin=origin,
+                                error=(error_type, "" if msg is None else str(msg)))
     return CmdResultMessage(id=call_id, origin=origin, retval=inner.get("retval"))
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_error(payload: Payload) -> ErrorMessage:

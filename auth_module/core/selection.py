@@ -1,4 +1,8 @@
-"""Choosing the EVSE for an accepted token: ``PlugEvents`` and ``FindFirst``.
+"""Choosing the EVSE for an accepted token: ``PlugEvents``, ``PlugEventsLIFO`` and ``FindFirst``.
+
+``PlugEvents`` takes the car that has waited longest for a token (first in, first out);
+``PlugEventsLIFO`` the one plugged in last, for stations where a driver usually swipes
+right after plugging in while an earlier car still waits for someone else's card.
 
 Pure functions over the current state. Selection never waits: when ``PlugEvents`` has no
 plugged-in EVSE to offer it answers :data:`WAIT`, and the handler parks the request until a
@@ -24,11 +28,25 @@ def first_plugged(plug_in_queue: Iterable[int], candidates: Sequence[int]) -> in
     return next((evse_id for evse_id in plug_in_queue if evse_id in candidates), None)
 
 
+def last_plugged(plug_in_queue: Sequence[int], candidates: Sequence[int]) -> int | None:
+    """The EVSE among ``candidates`` where a car was plugged in most recently, if any."""
+    return next((evse_id for evse_id in reversed(plug_in_queue) if evse_id in candidates), None)
+
+
+def plugged_for(algorithm: SelectionAlgorithm, plug_in_queue: Sequence[int],
+                candidates: Sequence[int]) -> int | None:
+    """The plugged-in EVSE the algorithm prefers: the newest car for ``PlugEventsLIFO``,
+    the oldest for everything else (``FindFirst`` also takes the oldest, as EVerest does)."""
+    if algorithm == SelectionAlgorithm.PlugEventsLIFO:
+        return last_plugged(plug_in_queue, candidates)
+    return first_plugged(plug_in_queue, candidates)
+
+
 def select_evse(
     algorithm: SelectionAlgorithm,
     candidates: Sequence[int],
     evses: Mapping[int, EvseState],
-    plug_in_queue: Iterable[int],
+    plug_in_queue: Sequence[int],
 ) -> Selection:
     """Pick one of ``candidates`` (never empty), or say to wait, or that none is free.
 
@@ -36,8 +54,8 @@ def select_evse(
     """
     if len(candidates) == 1:
         return candidates[0]
-    plugged = first_plugged(plug_in_queue, candidates)
-    if algorithm == SelectionAlgorithm.PlugEvents:
+    plugged = plugged_for(algorithm, plug_in_queue, candidates)
+    if algorithm in (SelectionAlgorithm.PlugEvents, SelectionAlgorithm.PlugEventsLIFO):
         return plugged if plugged is not None else WAIT
     if algorithm == SelectionAlgorithm.FindFirst:
         if plugged is not None and not evses[plugged].transaction_active:

@@ -1,4 +1,6 @@
-"""EVerest's 47 Auth scenarios (``modules/EVSE/Auth/tests/auth_tests.cpp``) against the running module.
+"""EVerest's Auth scenarios (``modules/EVSE/Auth/tests/auth_tests.cpp``) against the running module.
+
+The 47 of the first port and, at the end, those EVerest added since (``docs/everest-parity.md``).
 
 Each test drives ``auth-module --config ...`` as its own process over a real mosquitto,
 exactly as the C++ ``AuthTest`` fixture drives ``AuthHandler``:
@@ -1113,3 +1115,32 @@ def test_case_insensitive_reservation_matching(station: Callable[..., Station]) 
     st.expect("valid_RFID_2", [PROCESSING, ACCEPTED, USED_TO_START])
     st.expect_authorized({1: True, 2: False})
     st.only_tokens("valid_RFID_2")
+
+
+# --- EVerest 2026: plug-in order (PR #2344) ---------------------------------------------------
+
+
+def test_plug_events_selects_first_plugin(station: Callable[..., Station]) -> None:
+    """auth_tests.cpp test_plug_events_selects_first_plugin: PlugEvents takes the EVSE plugged in first."""
+    st = station()
+    st.plug_in(2)  # EVSE 2 first, then EVSE 1
+    st.plug_in(1)
+    st.swipe(VALID_TOKEN_1, [1, 2])
+
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START])
+    assert st.token_of(VALID_TOKEN_1, USED_TO_START)["connectors"] == [2]
+    st.expect_authorized({1: False, 2: True})
+    st.only_tokens(VALID_TOKEN_1)
+
+
+def test_plug_events_lifo_selects_most_recent_plugin(station: Callable[..., Station]) -> None:
+    """auth_tests.cpp test_plug_events_lifo_selects_most_recent_plugin: PlugEventsLIFO takes the EVSE plugged in last."""
+    st = station(config={"selection_algorithm": "PlugEventsLIFO"})
+    st.plug_in(2)  # EVSE 2 first, then EVSE 1
+    st.plug_in(1)
+    st.swipe(VALID_TOKEN_1, [1, 2])
+
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START])
+    assert st.token_of(VALID_TOKEN_1, USED_TO_START)["connectors"] == [1]
+    st.expect_authorized({1: True, 2: False})
+    st.only_tokens(VALID_TOKEN_1)

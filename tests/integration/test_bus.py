@@ -246,7 +246,7 @@ def test_validate_refusal_answers_schema_validation_failed(make_bus: Callable[..
     assert callee.wait_connected(10.0)
     with pytest.raises(CommandError) as info:
         caller.call("auth", "main", "set_connection_timeout", {"connection_timeout": "ten"})
-    assert info.value.event == "SchemaValidationFailed"
+    assert info.value.event == "SchemaValidationError"
     assert "integer" in info.value.msg
     assert ran == []
     assert caller.call("auth", "main", "set_connection_timeout", {"connection_timeout": 10}) is None
@@ -295,8 +295,8 @@ def test_malformed_command_gets_message_parsing_failed(
     by_id = {a["data"]["data"]["id"]: a["data"]["data"] for a in answers}
     assert set(by_id) == {"call-1", "call-2", "call-3"}
     for cid in ("call-1", "call-2"):
-        assert by_id[cid]["error"]["event"] == "MessageParsingFailed"
-        assert by_id[cid]["error"]["msg"]
+        assert by_id[cid]["error"]["__everest__error_type"] == "MessageParsingError"
+        assert by_id[cid]["error"]["__everest__error_msg"]
         assert by_id[cid]["origin"] == "auth"
         assert "retval" not in by_id[cid]
     assert by_id["call-3"]["retval"] is None
@@ -425,7 +425,9 @@ def test_error_raise_and_clear_reach_subscriber(make_bus: Callable[..., BusClien
     assert raised[0]["origin"] == {"module_id": "evse_manager_1", "implementation_id": "evse"}
     assert raised[0]["severity"] == "High" and raised[0]["state"] == "Active"
     assert raised[0]["uuid"] and raised[0]["timestamp"]
-    assert cleared[0]["message"] == "ok again"
+    assert cleared[0]["message"] == "ok again" and cleared[0]["state"] == "ClearedByModule"
+    for body in (raised[0], cleared[0]):  # every key EVerest's C++ readers take with .at()
+        assert {"description", "sub_type", "vendor_id"} <= set(body), body
 
 
 @pytest.mark.timeout(30)

@@ -28,8 +28,10 @@ P = "everest/"
 MID = "auth"
 VALID_1, VALID_2, INVALID = "VALID_RFID_1", "VALID_RFID_2", "INVALID_RFID"
 VALIDATORS = [ValidatorSpec("validator", tokens=[{"id_token": VALID_1}, {"id_token": VALID_2}])]
-ERROR_EVENTS = {"SchemaValidationFailed", "MessageParsingFailed", "HandlerException", "Timeout",
-                "NotReady"}
+# EVerest's command error types (framework lib/conversions.cpp): a C++ caller ends on any other
+ERROR_EVENTS = {"MessageParsingError", "SchemaValidationError", "HandlerException", "CmdTimeout",
+                "Shutdown", "NotReady"}
+ERROR_TYPE, ERROR_MSG = "__everest__error_type", "__everest__error_msg"
 
 # §6 field names
 PROVIDED_ID_TOKEN_FIELDS = {"id_token", "authorization_type", "request_id", "parent_id_token",
@@ -124,10 +126,10 @@ def assert_error(env: dict[str, Any], call_id: str, events: set[str] | str) -> s
     inner = env["data"]["data"]
     assert set(inner) == {"id", "error", "origin"}, env
     assert inner["id"] == call_id and inner["origin"] == MID, env
-    assert set(inner["error"]) == {"event", "msg"}, env
-    assert inner["error"]["event"] in events, env
-    assert isinstance(inner["error"]["msg"], str)
-    return inner["error"]["msg"]
+    assert set(inner["error"]) == {ERROR_TYPE, ERROR_MSG}, env
+    assert inner["error"][ERROR_TYPE] in events, env
+    assert isinstance(inner["error"][ERROR_MSG], str)
+    return str(inner["error"][ERROR_MSG])
 
 
 def wait_called(raw: RawClient, module_id: str, name: str, timeout: float = DEADLINE_S) -> None:
@@ -172,8 +174,8 @@ def check_module_envelope(topic: str, env: Any, counts: dict[str, int]) -> None:
     assert isinstance(inner.get("id"), str) and inner["id"], env
     if "error" in inner:
         assert set(inner) == {"id", "error", "origin"}, env
-        assert set(inner["error"]) == {"event", "msg"}, env
-        assert inner["error"]["event"] in ERROR_EVENTS, env
+        assert set(inner["error"]) == {ERROR_TYPE, ERROR_MSG}, env
+        assert inner["error"][ERROR_TYPE] in ERROR_EVENTS, env
     else:
         assert set(inner) == {"id", "retval", "origin"}, env
     counts["CmdResult"] += 1
@@ -200,7 +202,7 @@ def test_every_envelope_has_the_contract_shape(station: Callable[..., tuple[Rig,
     assert_result(raw.call(MID, "reservation", "cancel_reservation", {"reservation_id": 7},
                            call_id="c-6"), "c-6", True)
     assert_error(raw.call(MID, "main", "set_connection_timeout", {"connection_timeout": "x"},
-                          call_id="e-1"), "e-1", "SchemaValidationFailed")
+                          call_id="e-1"), "e-1", "SchemaValidationError")
     # another caller gets its answer on its own response topic
     assert_result(raw.call(MID, "main", "set_connection_timeout", {"connection_timeout": 30},
                            call_id="c-7", origin="other_caller"), "c-7", None)
@@ -330,7 +332,7 @@ def test_schema_invalid_and_malformed_commands_answer_errors_never_crash(
     assert rig.proc is not None
     for case, impl, name, args in SCHEMA_INVALID:
         env = raw.call(MID, impl, name, args, call_id=f"schema-{case}")
-        msg = assert_error(env, f"schema-{case}", "SchemaValidationFailed")
+        msg = assert_error(env, f"schema-{case}", "SchemaValidationError")
         assert msg, f"{case}: the error says nothing"
 
     # args that is not an object: the id and origin are readable, so it is answered
@@ -338,12 +340,12 @@ def test_schema_invalid_and_malformed_commands_answer_errors_never_crash(
     raw.publish(topic, {"msg_type": "Cmd", "data": {"id": "x", "origin": "tester",
                                                     "args": "notadict"}})
     assert_error(raw.response(f"{topic}/response/tester", "x"), "x",
-                 {"MessageParsingFailed", "SchemaValidationFailed"})
+                 {"MessageParsingError", "SchemaValidationError"})
     # wrong msg_type with a readable id
     raw.publish(topic, {"msg_type": "Var", "data": {"id": "wrong-type", "origin": "tester",
                                                     "args": {"connection_timeout": 5}}})
     assert_error(raw.response(f"{topic}/response/tester", "wrong-type"), "wrong-type",
-                 {"MessageParsingFailed", "SchemaValidationFailed"})
+                 {"MessageParsingError", "SchemaValidationError"})
     # nothing to answer: garbage bytes, non-object JSON, an envelope without an id
     for payload in (b"\x00\xff\xfegarbage{{", b"[1, 2, 3]", b"null", b"",
                     b'{"msg_type": "Cmd", "data": "x"}',

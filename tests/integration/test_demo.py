@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -15,6 +16,8 @@ import yaml
 
 from simulators.broker import Mosquitto, free_port
 from simulators.demo import mqtt_broker_answers
+from tests.integration.harness import RawClient
+from tests.integration.wire_shapes import envelope_problems
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -110,6 +113,57 @@ def test_demo_plays_every_scene_against_a_running_broker(
     # the demo leaves a broker it did not start alone
     assert broker.running
     assert mqtt_broker_answers(broker.host, broker.port) is True
+
+
+def test_everything_published_under_the_prefix_during_the_demo_is_an_everest_envelope(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    """Record every message under ``everest/`` while the demo plays (module and simulators)
+    and check each against the framework's shapes (EVEREST-MANAGER.md §0, §(e))."""
+    station = _station_copy(tmp_path, broker.port)
+    recorder = RawClient(broker.host, broker.port, filters=("everest/#",)).start()
+    try:
+        proc = _run_demo(tmp_path, station)
+    finally:
+        recorder.stop()
+    assert proc.returncode == 0, _explain(proc, tmp_path)
+
+    bad = [(topic, problems, payload[:300]) for _, topic, payload in recorder.messages
+           if (problems := envelope_problems("everest/", topic, payload))]
+    assert bad == [], bad
+    seen = {(json.loads(payload)["msg_type"], topic.split("/")[2]) for _, topic, payload in recorder.messages}
+    # the module's own: its statuses, its calls, its answers, its ready
+    for kind in ("Var", "Cmd", "CmdResult", "ModuleReady"):
+        assert (kind, "auth") in seen, (kind, sorted(seen))
+    # and the simulators': session events, answers to the module's calls, their ready
+    for kind in ("Var", "CmdResult", "ModuleReady"):
+        assert (kind, "evse_manager_1") in seen, (kind, sorted(seen))
+    assert len(recorder.messages) > 50
+
+
+def test_the_envelope_checker_catches_what_ends_an_everest_process() -> None:
+    """The checker above is no rubber stamp: the shapes this project used to send fail it."""
+    def problems(topic: str, env: dict[str, object]) -> list[str]:
+        return envelope_problems("everest/", topic, json.dumps(env).encode())
+
+    answer = "everest/modules/auth/impl/main/cmd/set_connection_timeout/response/ocpp"
+    old_error = {"msg_type": "CmdResult", "data": {"type": "result", "data": {
+        "id": "1", "origin": "auth", "error": {"event": "SchemaValidationFailed", "msg": "m"}}}}
+    new_error = {"msg_type": "CmdResult", "data": {"type": "result", "data": {
+        "id": "1", "origin": "auth",
+        "error": {"__everest__error_type": "SchemaValidationError", "__everest__error_msg": "m"}}}}
+    assert problems(answer, old_error) and problems(answer, new_error) == []
+    fault = "everest/modules/evse_manager_1/impl/evse/error/evse_manager/Inoperative"
+    old_clear = {"msg_type": "ClearError", "data": {
+        "type": "evse_manager/Inoperative", "message": "", "severity": "High", "state": "Active",
+        "origin": {"module_id": "evse_manager_1", "implementation_id": "evse"},
+        "timestamp": "2026-01-01T00:00:00.000Z", "uuid": "u"}}
+    assert problems(fault, old_clear)
+    new_clear = {"msg_type": "ClearError", "data": {
+        **old_clear["data"], "state": "ClearedByModule",  # type: ignore[dict-item]
+        "description": "", "sub_type": "", "vendor_id": ""}}
+    assert problems(fault, new_clear) == []
+    assert problems("everest/modules/auth/ready", {"msg_type": "Ready", "data": True})
+    assert problems("everest/modules/auth/impl/main/var/x", {"msg_type": "Var", "data": 5})
 
 
 def test_demo_starts_its_own_broker_beside_a_port_squatter(

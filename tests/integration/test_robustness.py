@@ -25,7 +25,7 @@ P = "everest/"
 MID = "auth"
 READY = f"{P}modules/{MID}/ready"
 VALID_1, VALID_2 = "VALID_RFID_1", "VALID_RFID_2"
-FINAL = {"Rejected", "TimedOut", "UsedToStart", "UsedToStop", "Withdrawn"}
+FINAL = {"Rejected", "TimedOut", "UsedToStart", "UsedToStop", "UsedToReauthorize", "Withdrawn"}
 VALIDATOR_S = 1.0
 MARGIN_S = 4.0  # on top of the validator bound: a loaded machine must not fail a correct module
 

@@ -282,10 +282,10 @@ def test_reservation_id_in_transaction(auth: Auth) -> None:
 def test_bad_arguments_get_a_command_error(auth: Auth) -> None:
     with pytest.raises(CommandError) as err:
         auth.call("reserve", {"reservation_id": "soon"})
-    assert err.value.event == "SchemaValidationFailed"
+    assert err.value.event == "SchemaValidationError"
     with pytest.raises(CommandError) as err:
         auth.call("stop_transaction", {"request": {"reason": "Bored"}})
-    assert err.value.event == "SchemaValidationFailed"
+    assert err.value.event == "SchemaValidationError"
 
 
 # --------------------------------------------------------------------------- validator

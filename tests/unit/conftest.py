@@ -57,6 +57,7 @@ FINAL_STATUSES = frozenset({
     TokenValidationStatus.TimedOut,
     TokenValidationStatus.UsedToStart,
     TokenValidationStatus.UsedToStop,
+    TokenValidationStatus.UsedToReauthorize,
     TokenValidationStatus.Withdrawn,
 })
 

@@ -1,4 +1,8 @@
-"""The 47 scenarios of EVerest's ``modules/EVSE/Auth/tests/auth_tests.cpp``, one test each.
+"""The scenarios of EVerest's ``modules/EVSE/Auth/tests/auth_tests.cpp``, one test each.
+
+The 47 of the first port, and at the end those EVerest added since (see
+``docs/everest-parity.md``): PlugEventsLIFO (#2344), Withdrawn for a granted authorization
+(#2499, changed expectations of two withdraw tests), stop_transaction_on_reswipe (#2530).
 
 Translation rules (our core never blocks waiting for a car):
 
@@ -25,6 +29,7 @@ from auth_module.core.handler import AuthHandler
 from auth_module.core.tokens import TokenOutcome
 from auth_module.types import (
     AuthorizationStatus,
+    SelectionAlgorithm,
     ConnectorTypeEnum,
     ReservationResult,
     ReservationUpdate,
@@ -40,6 +45,7 @@ from auth_module.types import (
 
 from .conftest import (
     CONNECTION_TIMEOUT,
+    MakeAuth,
     INVALID_TOKEN,
     PARENT_ID_TOKEN,
     VALID_TOKEN_1,
@@ -48,6 +54,7 @@ from .conftest import (
     RecordingPorts,
     accepted,
     deauthorized,
+    everest_settings,
     id_token,
     make_token,
     pnc_token,
@@ -999,4 +1006,32 @@ def test_case_insensitive_reservation_matching(
     assert auth.on_token(make_token("valid_RFID_2", [1, 2])) == O.USED_TO_START_TRANSACTION
 
     expect_statuses(ports, {"valid_RFID_2": [PROCESSING, ACCEPTED, USED_TO_START]})
+    assert authorized(ports) == [True, False]
+
+
+# --- EVerest 2026: plug-in order (PR #2344) ---------------------------------------------------
+
+
+def test_plug_events_selects_first_plugin(auth: AuthHandler, ports: RecordingPorts) -> None:
+    """PlugEvents: of two plugged-in EVSEs named by the token, the one plugged in first wins."""
+    plug_in(auth, 2)  # EVSE 2 first, then EVSE 1
+    plug_in(auth, 1)
+
+    assert auth.on_token(make_token(VALID_TOKEN_1, [1, 2])) == O.USED_TO_START_TRANSACTION
+
+    expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START]})
+    assert authorized(ports) == [False, True]
+
+
+def test_plug_events_lifo_selects_most_recent_plugin(
+    make_auth: MakeAuth, ports: RecordingPorts
+) -> None:
+    """PlugEventsLIFO: of two plugged-in EVSEs named by the token, the one plugged in last wins."""
+    auth = make_auth(everest_settings(selection_algorithm=SelectionAlgorithm.PlugEventsLIFO))
+    plug_in(auth, 2)  # EVSE 2 first, then EVSE 1
+    plug_in(auth, 1)
+
+    assert auth.on_token(make_token(VALID_TOKEN_1, [1, 2])) == O.USED_TO_START_TRANSACTION
+
+    expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START]})
     assert authorized(ports) == [True, False]

@@ -103,7 +103,8 @@ def test_cmd_error_envelope_shape_and_round_trip() -> None:
         "msg_type": "CmdResult",
         "data": {
             "type": "result",
-            "data": {"id": "id-1", "error": {"event": "HandlerException", "msg": "boom"}, "origin": "auth"},
+            "data": {"id": "id-1", "origin": "auth",
+                     "error": {"__everest__error_type": "HandlerException", "__everest__error_msg": "boom"}},
         },
     }
     assert "retval" not in built["data"]["data"]
@@ -113,16 +114,40 @@ def test_cmd_error_envelope_shape_and_round_trip() -> None:
 
 
 @pytest.mark.timeout(5)
-@pytest.mark.parametrize("event", sorted(env.CMD_ERROR_EVENTS))
-def test_every_contract_error_event_round_trips(event: str) -> None:
-    parsed = env.parse_cmd_result(env.encode(env.cmd_error_envelope("i", event, "m", "o")))
-    assert parsed.error == (event, "m")
+def test_cmd_error_types_are_everests() -> None:
+    """The six strings of EVerest's lib/conversions.cpp, and only those."""
+    assert env.CMD_ERROR_TYPES == {"MessageParsingError", "SchemaValidationError", "HandlerException",
+                                   "CmdTimeout", "Shutdown", "NotReady"}
 
 
 @pytest.mark.timeout(5)
-def test_cmd_error_envelope_refuses_unknown_event() -> None:
+@pytest.mark.parametrize("error_type", sorted(env.CMD_ERROR_TYPES))
+def test_every_contract_error_type_round_trips(error_type: str) -> None:
+    parsed = env.parse_cmd_result(env.encode(env.cmd_error_envelope("i", error_type, "m", "o")))
+    assert parsed.error == (error_type, "m")
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("old", ["Oops", "SchemaValidationFailed", "MessageParsingFailed", "Timeout"])
+def test_cmd_error_envelope_refuses_unknown_type(old: str) -> None:
     with pytest.raises(ValueError):
-        env.cmd_error_envelope("i", "Oops", "m", "o")
+        env.cmd_error_envelope("i", old, "m", "o")
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("error", [
+    {"msg": "m"},
+    {"event": "HandlerException", "msg": "the shape this project used to send"},
+    {"__everest__error_type": "NoSuchType", "__everest__error_msg": "m"},
+])
+def test_an_unreadable_error_object_still_fails_the_call(error: dict) -> None:
+    """An error answer we cannot read is still an error (HandlerException), not a retval and
+    not a dropped message that would leave the call to time out."""
+    payload = {"msg_type": "CmdResult",
+               "data": {"type": "result", "data": {"id": "x", "origin": "o", "error": error}}}
+    parsed = env.parse_cmd_result(json.dumps(payload))
+    assert parsed.error is not None and parsed.error[0] == "HandlerException"
+    assert parsed.retval is None
 
 
 @pytest.mark.timeout(5)
@@ -135,18 +160,37 @@ def test_raise_and_clear_error_envelopes() -> None:
     assert data["severity"] == "High"
     assert data["origin"] == {"module_id": "evse_manager_1", "implementation_id": "evse"}
     assert data["state"] == "Active"
+    assert data["description"] == "" and data["sub_type"] == "" and data["vendor_id"] == ""
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", data["timestamp"])
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", data["uuid"])
-    assert set(data) == {"type", "message", "severity", "origin", "state", "timestamp", "uuid"}
+    # every key of EVerest's error_json.hpp: its readers take each one with .at()
+    assert set(data) == {"type", "sub_type", "description", "message", "severity", "origin",
+                         "vendor_id", "state", "timestamp", "uuid"}
 
     cleared = env.clear_error_envelope("evse_manager_1", "evse", "evse_manager/Inoperative", "ok")
     assert cleared["msg_type"] == "ClearError"
     assert set(cleared["data"]) == set(data)
+    assert cleared["data"]["state"] == "ClearedByModule"
 
     parsed = env.parse_error(env.encode(raised))
     assert parsed.raised is True and parsed.data == data
     parsed = env.parse_error(env.encode(cleared))
     assert parsed.raised is False and parsed.data["message"] == "ok"
+
+
+@pytest.mark.timeout(5)
+def test_error_envelope_carries_description_sub_type_vendor_and_checks_state() -> None:
+    built = env.raise_error_envelope("m", "i", "t/x", "msg", description="what it means",
+                                     sub_type="welded", vendor_id="acme", severity="Medium")
+    data = built["data"]
+    assert (data["description"], data["sub_type"], data["vendor_id"], data["severity"]) == (
+        "what it means", "welded", "acme", "Medium")
+    assert env.clear_error_envelope("m", "i", "t/x", state="ClearedByReboot")["data"]["state"] == \
+        "ClearedByReboot"
+    with pytest.raises(ValueError):
+        env.clear_error_envelope("m", "i", "t/x", state="Cleared")
+    with pytest.raises(ValueError):
+        env.raise_error_envelope("m", "i", "t/x", severity="Critical")
 
 
 @pytest.mark.timeout(5)
@@ -261,7 +305,6 @@ def test_parse_cmd_refuses_wrong_msg_type_and_reads_missing_args_as_empty() -> N
         {"msg_type": "CmdResult", "data": {"type": "result"}},
         {"msg_type": "CmdResult", "data": {"type": "result", "data": {"retval": 1}}},
         {"msg_type": "CmdResult", "data": {"type": "result", "data": {"id": "x", "error": "boom"}}},
-        {"msg_type": "CmdResult", "data": {"type": "result", "data": {"id": "x", "error": {"msg": "m"}}}},
         {"msg_type": "CmdResult", "data": {"type": "result", "data": {"id": "x", "origin": 5}}},
         {"msg_type": "Cmd", "data": {"type": "result", "data": {"id": "x", "retval": 1}}},
     ],

@@ -720,6 +720,50 @@ def test_store_load_reservations(tmp_path: Path) -> None:
     assert restarted.calls == []
 
 
+def test_store_load_evse_specific_reservation_without_global(tmp_path: Path) -> None:
+    """Port of reservation_tests.cpp store_load_evse_specific_reservation_without_global
+    (EVerest PR #2293): an EVSE-specific reservation alone survives a restart."""
+    store = ReservationStore(tmp_path / "reservations.json")
+    st = Station(store)
+    evses_ccs_and_type2(st)
+    st.book.load()
+    assert st.counts() == (0, 0)
+
+    assert st.reserve(1, T.cCCS2) == R.Accepted  # no station-wide one to trigger a write
+    assert st.counts() == (1, 0)
+
+    restarted = Station(store)
+    evses_ccs_and_type2(restarted)
+    assert restarted.counts() == (0, 0)
+    restarted.book.load()
+    assert restarted.counts() == (1, 0)
+    assert restarted.clock.pending() == 1  # its expiry timer is back
+    assert [(e, r.reservation_id) for e, r in restarted.book.reservations()] == [(1, 0)]
+    assert restarted.calls == []
+
+
+def test_cancelled_reservation_not_resurrected_after_reload(tmp_path: Path) -> None:
+    """Port of reservation_tests.cpp cancelled_reservation_not_resurrected_after_reload
+    (EVerest PR #2293): cancelling the last reservation empties the store."""
+    store = ReservationStore(tmp_path / "reservations.json")
+    st = Station(store)
+    evses_ccs_and_type2(st)
+    st.book.load()
+    assert st.counts() == (0, 0)
+
+    assert st.reserve(1, T.cCCS2) == R.Accepted  # reservation id 0
+    assert st.counts() == (1, 0)
+    assert st.book.cancel(0, False, CANCELLED) == (True, 1)
+    assert st.counts() == (0, 0)
+
+    restarted = Station(store)
+    evses_ccs_and_type2(restarted)
+    restarted.book.load()
+    assert restarted.counts() == (0, 0)
+    assert restarted.clock.pending() == 0
+    assert restarted.calls == []
+
+
 def test_store_load_reservations_connector_unavailable(tmp_path: Path) -> None:
     """Port of reservation_tests.cpp store_load_reservations_connector_unavailable."""
     store = ReservationStore(tmp_path / "reservations.json")

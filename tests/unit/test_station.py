@@ -29,12 +29,13 @@ mqtt:
   prefix: everest/         # topic prefix, default "everest/"
 module_id: auth            # this module's id on the bus, default "auth"
 config:                    # the keys of EVerest's Auth manifest, same names, same defaults
-  selection_algorithm: PlugEvents        # PlugEvents | FindFirst (UserInput: refuse with a clear error)
+  selection_algorithm: PlugEvents        # PlugEvents | PlugEventsLIFO | FindFirst (UserInput: refuse with a clear error)
   connection_timeout: 30                 # integer seconds, >= 1
   master_pass_group_id: ""
   prioritize_authorization_over_stopping_transaction: true
   ignore_connector_faults: false
   plug_in_timeout_enabled: false
+  stop_transaction_on_reswipe: true      # false: a re-presented token (or one of its group) reports UsedToReauthorize
 connections:               # the modules this one talks to, as in an EVerest config
   token_provider:
     - module_id: rfid_reader
@@ -105,6 +106,7 @@ def test_contract_example_loads_exactly(tmp_path: Path) -> None:
     assert station.config.prioritize_authorization_over_stopping_transaction is True
     assert station.config.ignore_connector_faults is False
     assert station.config.plug_in_timeout_enabled is False
+    assert station.config.stop_transaction_on_reswipe is True
     assert [str(c) for c in station.token_providers] == ["rfid_reader/main"]
     assert [str(c) for c in station.token_validators] == ["validator/main"]
     assert [(c.module_id, c.implementation_id) for c in station.evse_managers] == [
@@ -116,6 +118,18 @@ def test_contract_example_loads_exactly(tmp_path: Path) -> None:
         "connections.evse_manager[1]",
     ]
     assert station.base_dir == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("algorithm", ["PlugEvents", "PlugEventsLIFO", "FindFirst"])
+@pytest.mark.parametrize("reswipe", [True, False])
+def test_contract_values_of_the_2026_keys_load(tmp_path: Path, algorithm: str, reswipe: bool) -> None:
+    """``selection_algorithm: PlugEventsLIFO`` and ``stop_transaction_on_reswipe`` as §2 writes them."""
+    text = CONTRACT_EXAMPLE.replace("selection_algorithm: PlugEvents ", f"selection_algorithm: {algorithm} ")
+    text = text.replace("stop_transaction_on_reswipe: true ",
+                        f"stop_transaction_on_reswipe: {str(reswipe).lower()} ")
+    station = load_station(_write(tmp_path, text))
+    assert station.config.selection_algorithm is SelectionAlgorithm(algorithm)
+    assert station.config.stop_transaction_on_reswipe is reswipe
 
 
 def test_defaults_when_only_connections_given(tmp_path: Path) -> None:
@@ -233,11 +247,13 @@ BAD_VALUES = [
     (
         "config.selection_algorithm",
         "UserInput",
-        "config.selection_algorithm: UserInput is not implemented; use PlugEvents or FindFirst",
+        "config.selection_algorithm: UserInput is not implemented; use PlugEvents, PlugEventsLIFO or FindFirst",
     ),
-    ("config.selection_algorithm", "Random", "config.selection_algorithm: must be PlugEvents or FindFirst (got 'Random')"),
+    ("config.selection_algorithm", "Random", "config.selection_algorithm: must be PlugEvents, PlugEventsLIFO or FindFirst (got 'Random')"),
     ("config.ignore_connector_faults", "no", "config.ignore_connector_faults: must be true or false (got 'no')"),
     ("config.plug_in_timeout_enabled", 1, "config.plug_in_timeout_enabled: must be true or false (got 1)"),
+    ("config.stop_transaction_on_reswipe", "no",
+     "config.stop_transaction_on_reswipe: must be true or false (got 'no')"),
     ("config.master_pass_group_id", 42, "config.master_pass_group_id: must be a string (got 42)"),
     ("config.master_pass_group_id", "G" * 37, "config.master_pass_group_id: must be at most 36 characters (got 37)"),
     ("mqtt.port", 0, "mqtt.port: must be an integer between 1 and 65535 (got 0)"),

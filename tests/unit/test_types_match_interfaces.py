@@ -187,6 +187,7 @@ CONTRACT_CONFIG_KEYS = [
     "prioritize_authorization_over_stopping_transaction",
     "ignore_connector_faults",
     "plug_in_timeout_enabled",
+    "stop_transaction_on_reswipe",
 ]
 
 
@@ -206,6 +207,7 @@ def test_manifest_defaults_are_what_station_uses() -> None:
     assert defaults.prioritize_authorization_over_stopping_transaction is True
     assert defaults.ignore_connector_faults is False
     assert defaults.plug_in_timeout_enabled is False
+    assert defaults.stop_transaction_on_reswipe is True
 
 
 def test_manifest_types_match_station_fields() -> None:
