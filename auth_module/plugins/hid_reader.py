@@ -133,6 +133,8 @@ def _import_evdev() -> Any:
 class HidProvider(ReaderProvider):
     """Reads a keyboard-wedge reader's event device on its own thread."""
 
+    kind = "hid"
+
     poll_s = 0.2
 
     def __init__(self, options: HidOptions, evdev_module: Any = None, **kwargs: Any) -> None:

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from ..station import PluginConnection, Station, StationError
 from ..types import ProvidedIdToken, ValidationResult
-from .base import PluginContext, TokenProvider, TokenValidator
+from .base import PluginContext, ReaderHealth, TokenProvider, TokenValidator
 
 VALIDATOR_GROUP = "auth_module.validators"
 PROVIDER_GROUP = "auth_module.token_providers"
@@ -44,7 +44,7 @@ PROVIDER_GROUP = "auth_module.token_providers"
 log = structlog.get_logger("plugins")
 
 #: The extra of this package that installs what a built-in plugin needs.
-_EXTRAS = {"serial": "serial", "hid": "hid", "ocpp16": "ocpp"}
+_EXTRAS = {"serial": "serial", "hid": "hid", "ocpp16": "ocpp", "pn532": "serial", "pcsc": "pcsc"}
 
 
 class PluginError(Exception):
@@ -260,6 +260,17 @@ class GuardedProvider:
         except Exception as exc:
             log.error(f"token provider {self.name} failed to start; it provides no tokens: "
                       f"{_describe(exc)}")
+
+    def health(self) -> ReaderHealth | None:
+        """The plugin's ``health()`` (see :mod:`.base`), or None if it has none or it fails."""
+        probe = getattr(self.plugin, "health", None)
+        if not callable(probe):
+            return None
+        try:
+            result = probe()
+        except Exception:
+            return None
+        return result if isinstance(result, ReaderHealth) else None
 
     def close(self) -> None:
         self._closed.set()

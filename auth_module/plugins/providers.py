@@ -25,6 +25,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..types import AuthorizationType, IdToken, IdTokenType, ProvidedIdToken
+from .base import ReaderHealth
 
 __all__ = [
     "Debouncer",
@@ -136,12 +137,18 @@ class ReaderProvider:
     :attr:`stopping` is set (polling it at least every few tenths of a second), closes it
     and returns; it hands each UID it reads to :meth:`emit`. If ``read_loop`` raises (the
     device is missing, unplugged, or the plugin has a bug) the reason is logged in one line
-    and the loop is run again after ``retry_s``; the same reason is not logged again until
-    a read succeeded in between. :meth:`close` stops the thread and waits for it.
+    and the loop is run again after ``retry_s``, then after twice as long each time up to
+    ``retry_max_s`` (back-off); the same reason is not logged again until a read succeeded
+    in between. :meth:`close` stops the thread and waits for it. :meth:`health` says
+    whether the device is open (see :class:`~auth_module.plugins.base.ReaderHealth`).
     """
 
-    #: seconds between two attempts to (re)open the device
+    #: seconds before the first new attempt to (re)open the device
     retry_s = 2.0
+    #: the longest wait between two attempts (the back-off doubles up to it)
+    retry_max_s = 30.0
+    #: the reader's kind in :meth:`health` (``serial``, ``pn532``, ``pcsc``...)
+    kind = "reader"
 
     def __init__(self, name: str, options: ProviderOptions, clock: Clock = time.monotonic) -> None:
         self.name = name
@@ -153,6 +160,9 @@ class ReaderProvider:
         self._on_token: Callable[[ProvidedIdToken], None] | None = None
         self._thread: threading.Thread | None = None
         self._last_problem: str | None = None
+        self._retry_now = self.retry_s
+        self._health = ReaderHealth(name=name, kind=self.kind, connected=False,
+                                    detail="starting", since=time.time())
         self.log = log.bind(provider=name)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -183,6 +193,7 @@ class ReaderProvider:
         raise NotImplementedError
 
     def _run(self) -> None:
+        self._retry_now = self.retry_s
         while not self.stopping.is_set():
             try:
                 self.read_loop()
@@ -192,23 +203,48 @@ class ReaderProvider:
             finally:
                 self.connected.clear()
             if not self.stopping.is_set():
-                self.stopping.wait(self.retry_s)
+                self.stopping.wait(self._retry_now)
+                self._retry_now = min(max(self._retry_now, 0.001) * 2, self.retry_max_s)
 
     def problem(self, reason: str) -> None:
-        """Log ``reason`` in one line unless it is the same as the last one."""
+        """Log ``reason`` in one line unless it is the same as the last one (the device is
+        then reopened with back-off by the thread)."""
+        self._set_health(False, reason)
         if reason != self._last_problem:
             self._last_problem = reason
             self.log.warning(f"token provider {self.name}: {reason}; retrying every "
-                             f"{self.retry_s:g} s")
+                             f"{self.retry_s:g} s, backing off to {self.retry_max_s:g} s")
+
+    def lost(self, reason: str) -> None:
+        """Like :meth:`problem`, for a subclass that recovers by itself (no retry said)."""
+        self.connected.clear()
+        self._set_health(False, reason)
+        if reason != self._last_problem:
+            self._last_problem = reason
+            self.log.warning(f"token provider {self.name}: {reason}")
 
     def opened(self, what: str) -> None:
         """Subclasses call this once the device is open."""
         self.connected.set()
+        self._retry_now = self.retry_s
+        self._set_health(True, f"reading {what}")
         if self._last_problem is not None:
             self.log.info(f"token provider {self.name}: {what} is back")
         else:
             self.log.info(f"token provider {self.name}: reading {what}")
         self._last_problem = None
+
+    # --- health -----------------------------------------------------------------------------
+
+    def health(self) -> ReaderHealth:
+        """How the reader is now (read-only, from any thread; see :class:`ReaderHealth`)."""
+        return self._health
+
+    def _set_health(self, connected: bool, detail: str) -> None:
+        old = self._health
+        since = old.since if old.connected == connected else time.time()
+        self._health = ReaderHealth(name=self.name, kind=self.kind, connected=connected,
+                                    detail=detail, since=since)
 
     # --- tokens -------------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from .base import PluginContext
 from .loader import PluginError, register_options_model
 from .providers import LineDecoder, ProviderOptions, ReaderProvider
 
-__all__ = ["Rdm6300Decoder", "SerialOptions", "SerialProvider", "create", "rdm6300_frame"]
+__all__ = ["Rdm6300Decoder", "SerialOptions", "SerialProvider", "create", "open_serial",
+           "rdm6300_frame"]
 
 STX, ETX = 0x02, 0x03
 _DATA_CHARS = 10
@@ -132,6 +133,8 @@ class SerialOptions(ProviderOptions):
 class SerialProvider(ReaderProvider):
     """Reads a UART with pyserial on its own thread (see the module doc)."""
 
+    kind = "serial"
+
     read_timeout_s = 0.1
 
     def __init__(self, options: SerialOptions, **kwargs: Any) -> None:
@@ -153,24 +156,8 @@ class SerialProvider(ReaderProvider):
             self._bad_logged = False
             self.emit(uid)
 
-    def _open(self) -> Any:
-        import serial  # the dependency is checked by create()
-
-        port = self.options.port
-        kwargs: dict[str, Any] = {"baudrate": self.options.baudrate,
-                                  "timeout": self.read_timeout_s}
-        if "://" not in port:
-            kwargs["exclusive"] = True
-        try:
-            return serial.serial_for_url(port, **kwargs)
-        except serial.SerialException as exc:
-            # pyserial's text repeats the port and the errno; keep it short
-            errno = getattr(exc, "errno", None)
-            reason = os.strerror(errno) if isinstance(errno, int) else str(exc)
-            raise OSError(f"cannot open {port}: {reason}") from None
-
     def read_loop(self) -> None:
-        ser = self._open()
+        ser = open_serial(self.options.port, self.options.baudrate, self.read_timeout_s)
         try:
             ser.reset_input_buffer()
             self.opened(self.options.port)
@@ -184,6 +171,23 @@ class SerialProvider(ReaderProvider):
                     self.handle(decoder.feed(data))
         finally:
             ser.close()
+
+
+def open_serial(port: str, baudrate: int, timeout_s: float) -> Any:
+    """``port`` opened with pyserial (exclusively unless it is a URL), or an OSError that
+    says in one short line why not."""
+    import serial  # the dependency is checked by create()
+
+    kwargs: dict[str, Any] = {"baudrate": baudrate, "timeout": timeout_s}
+    if "://" not in port:
+        kwargs["exclusive"] = True
+    try:
+        return serial.serial_for_url(port, **kwargs)
+    except serial.SerialException as exc:
+        # pyserial's text repeats the port and the errno; keep it short
+        errno = getattr(exc, "errno", None)
+        reason = os.strerror(errno) if isinstance(errno, int) else str(exc)
+        raise OSError(f"cannot open {port}: {reason}") from None
 
 
 def create(options: dict[str, Any], context: PluginContext) -> SerialProvider:

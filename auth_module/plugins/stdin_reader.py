@@ -32,6 +32,8 @@ class StdinOptions(ProviderOptions):
 class StdinProvider(ReaderProvider):
     """Reads lines from a file descriptor (standard input unless ``fd`` is given)."""
 
+    kind = "stdin"
+
     poll_s = 0.2
 
     def __init__(self, options: StdinOptions, fd: int | None = None, **kwargs: Any) -> None:

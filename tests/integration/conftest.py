@@ -8,9 +8,23 @@ import pytest
 
 from simulators.broker import Mosquitto
 
+from .pcsc_rig import Pcscd, why_no_pcscd
+
 
 @pytest.fixture
 def broker() -> Iterator[Mosquitto]:
     """A fresh mosquitto on a free loopback port, stopped and removed after the test."""
     with Mosquitto() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
+    """pcscd with the two vpcd virtual readers, for the whole session (see pcsc_rig)."""
+    reason = why_no_pcscd()
+    if reason:
+        pytest.skip(f"PC/SC tests need pcscd: {reason}")
+    daemon = Pcscd(tmp_path_factory.mktemp("pcscd"))
+    daemon.start()
+    yield daemon
+    daemon.stop()

@@ -214,7 +214,7 @@ def test_unknown_provider_plugin(tmp_path: Path) -> None:
         build_provider(plugins(station.token_providers)[0], station)
     text = one_line(err)
     assert "connections.token_provider[1]: unknown token provider plugin 'nfc'" in text
-    assert "hid, serial, stdin" in text
+    assert "hid, pcsc, pn532, serial, stdin" in text
 
 
 def test_bad_option_names_the_key(tmp_path: Path, vendor: None) -> None:
