@@ -363,8 +363,8 @@ def test_the_raspberry_pi_station_file_builds() -> None:
     station = load_station(root / "config" / "raspberry-pi.yaml")
     [reader] = [build_provider(e, station) for e in plugins(station.token_providers)]
     [allow] = [build_validator(e, station) for e in plugins(station.token_validators)]
+    assert reader.plugin.kind == "pn532"  # type: ignore[attr-defined]
     assert reader.plugin.options.port == "/dev/serial0"  # type: ignore[attr-defined]
-    assert reader.plugin.options.protocol == "rdm6300"  # type: ignore[attr-defined]
     accepted = allow.validate(token("VALID_RFID_1"))
     assert accepted.authorization_status == AuthorizationStatus.Accepted
     assert len(station.evse_managers) in (1, 2)
