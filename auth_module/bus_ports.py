@@ -11,8 +11,8 @@ import structlog
 from pydantic import ValidationError
 
 from .bus import BusClient, CallOutcome, CommandError, CommandTimeout, NotConnected
-from .bus.netloop import Work
 from .core.clock import Clock, RealClock
+from .core.ports import Runner
 from .logs import remember_token
 from .plugins.base import TokenValidator
 from .station import BusConnection
@@ -29,7 +29,7 @@ from .types import (
 log = structlog.get_logger("ports")
 
 UNKNOWN = AuthorizationStatus.Unknown
-_on_plugin_thread = threading.local()  # .yes on the plugin validators' pool threads
+Results = list[ValidationResult]
 
 
 class BusValidator:
@@ -39,13 +39,6 @@ class BusValidator:
         self.name = f"{connection.module_id}/{connection.implementation_id}"
         self._bus, self._conn, self._timeout = bus, connection, timeout_s
 
-    def validate(self, token: ProvidedIdToken) -> ValidationResult:
-        """Blocking form, for tools and tests; the module uses :meth:`ask`."""
-        retval = self._bus.call(self._conn.module_id, self._conn.implementation_id,
-                                "validate_token", {"provided_token": to_wire(token)},
-                                timeout=self._timeout)
-        return ValidationResult.model_validate(retval)
-
     def ask(self, token: ProvidedIdToken, on_answer: Callable[[CallOutcome], None]) -> None:
         """Send the request and return; the answer (or its timeout) is handed to
         ``on_answer`` on the thread that receives it (it only records the answer)."""
@@ -53,38 +46,34 @@ class BusValidator:
                              "validate_token", {"provided_token": to_wire(token)},
                              timeout=self._timeout, on_result=on_answer, inline=True)
 
-    def close(self) -> None:
-        pass
-
 
 class _Round:
-    """One token's answers from every validator; calls back once, when all are in.
-
-    The callback runs on the thread that delivers the last answer (the bus reader, a
-    plugin thread, a timer); it hands the token's work on (:meth:`BusPorts.validate`).
+    """One token's answers from every validator.
 
     Each validator answers exactly once: the first of its answer and its time limit wins.
+    The answer that completes the round gets every result back, and its deliverer decides
+    where the token carries on (:meth:`BusPorts.validate`).
     """
 
-    def __init__(self, count: int, on_done: Callable[[list[ValidationResult]], None]) -> None:
+    def __init__(self, count: int) -> None:
         self._results: list[ValidationResult | None] = [None] * count
         self._left = count
         self._lock = threading.Lock()
-        self._on_done = on_done
 
     def answered(self, index: int) -> bool:
         with self._lock:
             return self._results[index] is not None
 
-    def answer(self, index: int, result: ValidationResult) -> None:
+    def answer(self, index: int, result: ValidationResult) -> Results | None:
+        """Record one answer; every result, in order, if it was the last one, else None."""
         with self._lock:
             if self._results[index] is not None:
-                return
+                return None
             self._results[index] = result
             self._left -= 1
             if self._left:
-                return
-        self._on_done([r for r in self._results if r is not None])
+                return None
+        return [r for r in self._results if r is not None]
 
 
 class BusPorts:
@@ -94,12 +83,15 @@ class BusPorts:
         self,
         bus: BusClient,
         evse_managers: Sequence[BusConnection],
-        validators: Sequence[TokenValidator],
+        validators: Sequence[TokenValidator | BusValidator],
         command_timeout_s: float,
         validator_timeout_s: float,
         clock: Clock | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self._bus = bus
+        # Where a token carries on once its last answer is in: the bus crew by default.
+        self._runner: Runner = runner if runner is not None else bus
         self._evses = list(evse_managers)
         self._validators = list(validators)
         self._command_timeout = command_timeout_s
@@ -131,59 +123,57 @@ class BusPorts:
         if not self._validators:
             on_results([])
             return
-
-        def all_in(results: list[ValidationResult]) -> None:
-            self._carry_on(lambda: on_results(results))
-
-        round_ = _Round(len(self._validators), all_in)
+        round_ = _Round(len(self._validators))
         for index, validator in enumerate(self._validators):
             if isinstance(validator, BusValidator):
-                self._ask_bus(validator, index, token, round_)
+                self._ask_bus(validator, index, token, round_, on_results)
             else:
-                self._ask_plugin(validator, index, token, round_)
+                self._ask_plugin(validator, index, token, round_, on_results)
 
-    def _carry_on(self, work: Work) -> None:
-        """Continue a token off the bus reader. A plugin's pool thread is already the
-        token's own; a full crew means the work runs here rather than not at all."""
-        if getattr(_on_plugin_thread, "yes", False) or not self._bus.defer(work, quick=True):
-            work()
+    def _carry_on(self, results: Results | None,
+                  on_results: Callable[[Results], None]) -> None:
+        """The last answer came from the bus reader or a timer: the token carries on on a
+        thread of its own (the runner); a full crew means it runs here rather than not at
+        all."""
+        if results is not None and not self._runner.run_soon(lambda: on_results(results)):
+            on_results(results)
 
     def _ask_bus(self, validator: BusValidator, index: int, token: ProvidedIdToken,
-                 round_: _Round) -> None:
+                 round_: _Round, on_results: Callable[[Results], None]) -> None:
         def on_answer(outcome: CallOutcome) -> None:
             if outcome.error is not None:
-                round_.answer(index, self._failed(validator, outcome.error))
-                return
-            try:
-                result = ValidationResult.model_validate(outcome.retval)
-            except ValidationError as exc:
-                round_.answer(index, self._failed(validator, exc))
-                return
-            round_.answer(index, self._accepted_answer(result))
+                result = self._failed(validator, outcome.error)
+            else:
+                try:
+                    result = self._accepted_answer(ValidationResult.model_validate(outcome.retval))
+                except ValidationError as exc:
+                    result = self._failed(validator, exc)
+            self._carry_on(round_.answer(index, result), on_results)
 
         validator.ask(token, on_answer)
 
     def _ask_plugin(self, validator: TokenValidator, index: int, token: ProvidedIdToken,
-                    round_: _Round) -> None:
+                    round_: _Round, on_results: Callable[[Results], None]) -> None:
         def run() -> None:
-            _on_plugin_thread.yes = True
             try:
-                result = validator.validate(token)
+                result = self._accepted_answer(validator.validate(token))
             except Exception as exc:  # a plugin may raise anything; the token still ends
-                round_.answer(index, self._failed(validator, exc))
-            else:
-                round_.answer(index, self._accepted_answer(result))
+                result = self._failed(validator, exc)
             timer.cancel()
+            done = round_.answer(index, result)
+            if done is not None:  # this pool thread is already the token's own
+                on_results(done)
 
         def too_late() -> None:
             if not round_.answered(index):
-                round_.answer(index, self._failed(validator, FutureTimeout()))
+                self._carry_on(round_.answer(index, self._failed(validator, FutureTimeout())),
+                               on_results)
 
         timer = self._clock.call_later(self._validator_timeout, too_late)
         try:
             self._plugin_pool.submit(run)
         except RuntimeError as exc:  # shutting down
-            round_.answer(index, self._failed(validator, exc))
+            self._carry_on(round_.answer(index, self._failed(validator, exc)), on_results)
 
     @staticmethod
     def _accepted_answer(result: ValidationResult) -> ValidationResult:
@@ -191,7 +181,7 @@ class BusPorts:
             remember_token(result.parent_id_token.value)
         return result
 
-    def _failed(self, validator: TokenValidator, exc: BaseException) -> ValidationResult:
+    def _failed(self, validator: TokenValidator | BusValidator, exc: BaseException) -> ValidationResult:
         if isinstance(exc, (CommandTimeout, FutureTimeout)):
             reason = f"no answer within {self._validator_timeout:g} s"
         elif isinstance(exc, CommandError):
@@ -244,12 +234,10 @@ class BusPorts:
     def _call_evse(self, evse_index: int, cmd: str, args: dict[str, Any],
                    on_result: Any = None) -> None:
         conn = self._evses[evse_index]
-        try:
-            self._bus.call_async(conn.module_id, conn.implementation_id, cmd, args,
-                                 timeout=self._command_timeout, on_result=on_result)
-        except NotConnected:
-            log.error("could not reach EVSE manager: broker not connected",
-                      evse_manager=conn.module_id, command=cmd)
+        # call_async never raises NotConnected: a call that cannot go out ends through
+        # on_result (or is logged in one line when there is none).
+        self._bus.call_async(conn.module_id, conn.implementation_id, cmd, args,
+                             timeout=self._command_timeout, on_result=on_result)
 
     # --- blocking ---------------------------------------------------------------------------
 

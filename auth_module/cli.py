@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
-
 from . import __version__
+from .stopping import StopSignal
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # First thing: a SIGTERM during start-up must still end in a clean exit 0.
-    stop = threading.Event()
+    stop = StopSignal()  # also ends a start-up call at once (no polling)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     from .station import StationError, load_station

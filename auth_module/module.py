@@ -14,15 +14,17 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from .bus import BusClient, CommandError, CommandTimeout, NotConnected
+from .bus import BusClient, CallCancelled, CommandError, CommandTimeout, NotConnected
 from .bus_ports import BusPorts, BusValidator
 from .core.clock import Clock, RealClock
 from .core.gate import StartupGate
 from .core.handler import AuthHandler, AuthSettings
+from .core.ports import Runner
 from .logs import remember_token
 from .plugins.base import TokenProvider, TokenValidator
 from .schema import InterfaceSchemas
 from .station import BusConnection, Station
+from .stopping import StopSignal, follow
 from .store import ReservationStore
 from .types import (
     Evse,
@@ -43,10 +45,6 @@ class StartupError(Exception):
     """The station cannot run as configured (e.g. EVSE managers out of order)."""
 
 
-class _Stopped(Exception):
-    """Asked to stop while waiting."""
-
-
 class NotReadyError(Exception):
     """Answered as the ``NotReady`` command error."""
 
@@ -65,15 +63,16 @@ class AuthModule:
         self.bus = BusClient(module_id=station.module_id, host=station.mqtt.host,
                              port=station.mqtt.port, prefix=station.mqtt.prefix,
                              work_threads=token_workers, work_backlog=token_backlog)
+        self.runner: Runner = self.bus  # where each token runs: a thread of the bus crew
         self.clock = clock or RealClock()
         self.schemas = InterfaceSchemas.load()
-        self.validators: list[TokenValidator] = []
+        self.validators: list[TokenValidator | BusValidator] = []
         self.providers: list[TokenProvider] = []
         self._load_plugins()
         self.ports = BusPorts(self.bus, station.evse_managers, self.validators,
                               command_timeout_s=station.timeouts.command_s,
                               validator_timeout_s=station.timeouts.validator_s,
-                              clock=self.clock)
+                              clock=self.clock, runner=self.bus)
         settings = AuthSettings(
             selection_algorithm=SelectionAlgorithm(cfg.selection_algorithm),
             connection_timeout=cfg.connection_timeout,
@@ -102,12 +101,13 @@ class AuthModule:
             self._build_plugins(build_validator, build_provider)
         except Exception:
             for plugin in self._plugins():  # e.g. an OCPP thread
-                if not isinstance(plugin, BusValidator):
-                    plugin.close()
+                plugin.close()
             raise
 
     def _plugins(self) -> list[TokenProvider | TokenValidator]:
-        return [*self.providers, *self.validators]
+        """The in-process plugins (a bus validator is another module: nothing to close)."""
+        return [*self.providers,
+                *(v for v in self.validators if not isinstance(v, BusValidator))]
 
     def _build_plugins(self, build_validator: Any, build_provider: Any) -> None:
         for entry in self.station.token_validators:
@@ -123,7 +123,12 @@ class AuthModule:
     # --- running -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set. Raises StartupError if the station is inconsistent."""
+        """Serve until ``stop`` is set. Raises StartupError if the station is inconsistent.
+
+        A :class:`~auth_module.stopping.StopSignal` (what ``auth-module`` passes) also ends a
+        start-up call at once; a plain Event is followed by one waiting thread.
+        """
+        stop = follow(stop)
         self._subscribe()
         self._provide_commands()
         self.bus.on_connection_change = self._on_connection_change
@@ -158,7 +163,7 @@ class AuthModule:
         if isinstance(self.clock, RealClock):
             self.clock.stop()
 
-    def _discover_evses(self, stop: threading.Event) -> list[Evse] | None:
+    def _discover_evses(self, stop: StopSignal) -> list[Evse] | None:
         """Ask every EVSE manager ``get_evse``, retrying until each one answers."""
         found: list[Evse] = []
         for position, conn in enumerate(self.station.evse_managers, start=1):
@@ -167,9 +172,11 @@ class AuthModule:
                 if stop.is_set():
                     return None
                 try:
-                    evse = Evse.model_validate(self._call_unless_stopped(conn, "get_evse", stop))
+                    evse = Evse.model_validate(self.bus.call(
+                        conn.module_id, conn.implementation_id, "get_evse", {},
+                        timeout=self.station.timeouts.command_s, cancel=stop))
                     break
-                except _Stopped:
+                except CallCancelled:  # SIGTERM at start-up
                     return None
                 except (CommandError, CommandTimeout, NotConnected, ValidationError) as exc:
                     if not warned:
@@ -185,24 +192,6 @@ class AuthModule:
                     f"list the EVSE managers in evse id order")
             found.append(evse)
         return found
-
-    def _call_unless_stopped(self, conn: BusConnection, cmd: str, stop: threading.Event) -> Any:
-        """A blocking call that gives up at once when ``stop`` is set (SIGTERM at start-up)."""
-        done = threading.Event()
-        outcome: list[Any] = []
-
-        def on_result(result: Any) -> None:
-            outcome.append(result)
-            done.set()
-
-        self.bus.call_async(conn.module_id, conn.implementation_id, cmd, {},
-                            timeout=self.station.timeouts.command_s, on_result=on_result)
-        while not done.wait(0.05):
-            if stop.is_set():
-                raise _Stopped
-        if outcome[0].error is not None:
-            raise outcome[0].error
-        return outcome[0].retval
 
     def _on_connection_change(self, connected: bool) -> None:
         if connected and self.ready.is_set():
@@ -255,7 +244,7 @@ class AuthModule:
             log.warning("token dropped: module not ready yet", token=token.id_token.value)
             return
         if (self.handler.token_count >= self.max_tokens_in_process
-                or not self.bus.defer(lambda: self.handler.on_token(token), quick=True)):
+                or not self.runner.run_soon(lambda: self.handler.on_token(token))):
             log.error("token refused: too many tokens in process", token=token.id_token.value)
             self.ports.publish_token_validation_status(token, TokenValidationStatus.Rejected, [])
 

@@ -1,18 +1,20 @@
 """The EVerest MQTT bus: topics, envelopes and the BusClient (see docs/bus-api.md)."""
 
-from auth_module.bus.client import (
-    BusClient,
+from auth_module.bus.client import BusClient
+from auth_module.bus.envelopes import EnvelopeError
+from auth_module.bus.errors import (
     BusError,
+    CallCancelled,
     CallOutcome,
     CommandError,
     CommandTimeout,
     NotConnected,
 )
-from auth_module.bus.envelopes import EnvelopeError
 
 __all__ = [
     "BusClient",
     "BusError",
+    "CallCancelled",
     "CallOutcome",
     "CommandError",
     "CommandTimeout",

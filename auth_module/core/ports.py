@@ -1,4 +1,4 @@
-"""What the core asks of the outside world, as one small interface.
+"""What the core asks of the outside world: :class:`StationPorts` and :class:`Runner`.
 
 The core decides; these calls carry its decisions out. ``module.py`` implements them over
 MQTT, the unit tests with plain recorders. Two rules keep the locking simple:
@@ -9,6 +9,10 @@ MQTT, the unit tests with plain recorders. Two rules keep the locking simple:
 * :meth:`validate` and :meth:`reserve` may take long (they wait for other modules'
   answers), so the core calls them only after releasing its lock. ``reserve`` blocks;
   ``validate`` asks and returns, and calls back when every validator has answered.
+
+:class:`Runner` is the one seam for "where does this run": a token's work (a new token, a
+token whose last validator answered) is handed to it and runs on a thread of its own. The
+bus crew implements it (``BusClient.run_soon``); the unit tests run work in place.
 """
 
 from __future__ import annotations
@@ -56,3 +60,13 @@ class StationPorts(Protocol):
     def cancel_reservation(self, evse_index: int) -> None: ...
 
     def publish_reservation_update(self, reservation_id: int, status: ReservationUpdate) -> None: ...
+
+
+class Runner(Protocol):
+    def run_soon(self, work: Callable[[], object]) -> bool:
+        """Run ``work`` soon on a thread of its own (the token's), never on the caller's
+        when the caller is the bus reader. False, and nothing run, when every thread and
+        the bounded backlog are taken: the caller then ends the token itself.
+
+        ``work`` must not wait for anything before its first publish (the bus hands its
+        reading to another thread only after that publish, see ``bus/netloop.py``)."""

@@ -523,7 +523,7 @@ def test_stop_fails_waiting_calls_and_is_idempotent(make_bus: Callable[..., BusC
 
     t = threading.Thread(target=waiting_call)
     t.start()
-    assert wait_for(lambda: bool(caller._pending))
+    assert wait_for(lambda: bool(caller._calls._pending))
     caller.stop()
     caller.stop()
     t.join(10.0)
