@@ -76,7 +76,7 @@ class AuthModule:
         settings = AuthSettings(
             selection_algorithm=SelectionAlgorithm(cfg.selection_algorithm),
             connection_timeout=cfg.connection_timeout,
-            master_pass_group_id=cfg.master_pass_group_id or None,
+            master_pass_group_id=cfg.master_pass_group_id,
             prioritize_authorization_over_stopping_transaction=(
                 cfg.prioritize_authorization_over_stopping_transaction),
             ignore_connector_faults=cfg.ignore_connector_faults,

@@ -1,7 +1,7 @@
 """What the core knows of each EVSE: its connectors' states, plug, transaction, authorization.
 
-A connector's availability is a small state machine (``transitions``), the same six states
-and six events as EVerest's ConnectorStateMachine, so that faults, enable/disable and
+A connector's availability is a small state machine, one declarative table
+(:data:`_TRANSITIONS`), the same six states and six events as EVerest's ConnectorStateMachine, so that faults, enable/disable and
 transactions combine the way EVerest's do (a fault during a transaction leaves the connector
 ``FAULTED_OCCUPIED``; the fault clearing returns it to ``OCCUPIED``, not to ``AVAILABLE``).
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-from transitions import Machine
 
 from ..types import (
     AuthorizationStatus,
@@ -42,7 +40,6 @@ class ConnectorEvent(StrEnum):
 
 
 S, E = ConnectorState, ConnectorEvent
-_STATE_OF = {s.value: s for s in ConnectorState}  # the machine's state string -> the enum
 _OCCUPIED = frozenset({S.OCCUPIED, S.FAULTED_OCCUPIED})
 _NOT_USABLE = frozenset({S.UNAVAILABLE, S.FAULTED})
 _TRANSITIONS = [
@@ -62,33 +59,24 @@ _TRANSITIONS = [
 ]
 
 
-class Connector:
-    """One plug of an EVSE. ``state`` is driven only through :meth:`submit`."""
+_NEXT: dict[tuple[ConnectorState, ConnectorEvent], ConnectorState] = {
+    (src, ev): dst for ev, src, dst in _TRANSITIONS
+}
 
-    state: str
+
+class Connector:
+    """One plug of an EVSE. Its state changes only through :meth:`submit`."""
+
+    __slots__ = ("connector_state", "id", "type")
 
     def __init__(self, connector_id: int, connector_type: ConnectorTypeEnum | None = None) -> None:
         self.id = connector_id
         self.type = connector_type or ConnectorTypeEnum.Unknown
-        Machine(
-            model=self,
-            states=[s.value for s in ConnectorState],
-            transitions=[
-                {"trigger": ev.value, "source": src.value, "dest": dst.value}
-                for ev, src, dst in _TRANSITIONS
-            ],
-            initial=ConnectorState.AVAILABLE.value,
-            auto_transitions=False,
-            ignore_invalid_triggers=True,
-        )
+        self.connector_state = ConnectorState.AVAILABLE
 
     def submit(self, event: ConnectorEvent) -> None:
         """Apply ``event``; an event that does not apply in the current state is ignored."""
-        self.trigger(event.value)  # type: ignore[attr-defined]
-
-    @property
-    def connector_state(self) -> ConnectorState:
-        return _STATE_OF[self.state]
+        self.connector_state = _NEXT.get((self.connector_state, event), self.connector_state)
 
     def is_unavailable(self) -> bool:
         return self.connector_state in (S.UNAVAILABLE, S.UNAVAILABLE_FAULTED)

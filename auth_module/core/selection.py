@@ -15,8 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
-from ..types import SelectionAlgorithm
+import structlog
+
+from ..types import ProvidedIdToken, SelectionAlgorithm, same_token
 from .evse import EvseState
+
+log = structlog.get_logger("auth")
 
 WAIT: Final = "wait"
 NONE_FREE: Final = "none-free"
@@ -62,3 +66,45 @@ def select_evse(
             return plugged
         return next((e for e in candidates if evses[e].is_available()), NONE_FREE)
     raise ValueError(f"selection algorithm {algorithm} is not implemented")
+
+
+# --- questions about the EVSEs a token may use (the core's lock held) -----------------------
+
+
+def referenced_evses(evses: Mapping[int, EvseState], token: ProvidedIdToken) -> list[int]:
+    """The EVSEs a token may use: those it names (or all), minus the unavailable ones."""
+    if token.connectors is None:
+        return [e for e, s in evses.items() if not s.is_unavailable()]
+    referenced = []
+    for evse_id in token.connectors:
+        evse = evses.get(evse_id)
+        if evse is None:
+            log.warning("token names an EVSE that does not exist", evse=evse_id)
+        elif not evse.is_unavailable() and evse_id not in referenced:
+            referenced.append(evse_id)
+    return referenced
+
+
+def evse_used_by(evses: Mapping[int, EvseState], evse_ids: list[int], value: str) -> int | None:
+    """The EVSE whose authorization belongs to ``value``, as token or as parent."""
+    for evse_id in evse_ids:
+        auth = evses[evse_id].authorization
+        if auth is None:
+            continue
+        if same_token(auth.id_token.value, value):
+            return evse_id
+        if auth.parent_id_token is not None and same_token(auth.parent_id_token.value, value):
+            return evse_id
+    return None
+
+
+def any_available(evses: Mapping[int, EvseState], evse_ids: list[int]) -> bool:
+    return any(evses[e].is_available() for e in evse_ids)
+
+
+def any_parent_id_present(evses: Mapping[int, EvseState], evse_ids: list[int]) -> bool:
+    for e in evse_ids:
+        auth = evses[e].authorization
+        if auth is not None and auth.parent_id_token is not None:
+            return True
+    return False

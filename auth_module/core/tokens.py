@@ -46,32 +46,82 @@ def token_key(token: ProvidedIdToken) -> str:
     return token.id_token.value.casefold()
 
 
-@dataclass(eq=False)
+class TokenState(StrEnum):
+    """Where a presented token is in its life. Changed only through :meth:`TokenRequest.move`,
+    under the core's lock; the legal moves are :data:`TOKEN_TRANSITIONS`."""
+
+    RECEIVED = "received"  # in process; nothing published for it yet
+    RECEIVED_WITHDRAWN = "received_withdrawn"  # withdrawn before its Processing status went out
+    PROCESSING = "processing"  # Processing is out: being validated, or its results worked on
+    WITHDRAWN = "withdrawn"  # withdrawn while validated: an accepted result ends it Withdrawn
+    WAITING_FOR_CAR = "waiting_for_car"  # accepted; parked until a car is plugged in
+    FINISHED = "finished"  # its final status is out; ``outcome`` says which
+
+
+class TokenEvent(StrEnum):
+    ANNOUNCE = "announce"  # its Processing status is published
+    WITHDRAW = "withdraw"  # a withdraw_authorization named it
+    PARK = "park"  # an accepted result needs a car first
+    CAR_ARRIVED = "car_arrived"  # a plug-in woke it: its results are worked on again
+    FINISH = "finish"  # its final status is published
+
+
+_S, _E = TokenState, TokenEvent
+TOKEN_TRANSITIONS: dict[tuple[TokenState, TokenEvent], TokenState] = {
+    (_S.RECEIVED, _E.ANNOUNCE): _S.PROCESSING,
+    (_S.RECEIVED, _E.WITHDRAW): _S.RECEIVED_WITHDRAWN,
+    (_S.RECEIVED_WITHDRAWN, _E.ANNOUNCE): _S.WITHDRAWN,
+    (_S.RECEIVED_WITHDRAWN, _E.WITHDRAW): _S.RECEIVED_WITHDRAWN,
+    (_S.PROCESSING, _E.WITHDRAW): _S.WITHDRAWN,
+    (_S.PROCESSING, _E.PARK): _S.WAITING_FOR_CAR,
+    (_S.PROCESSING, _E.FINISH): _S.FINISHED,
+    (_S.WITHDRAWN, _E.WITHDRAW): _S.WITHDRAWN,
+    (_S.WITHDRAWN, _E.FINISH): _S.FINISHED,
+    (_S.WAITING_FOR_CAR, _E.CAR_ARRIVED): _S.PROCESSING,
+    (_S.WAITING_FOR_CAR, _E.FINISH): _S.FINISHED,  # timed out, or withdrawn while waiting
+}
+"""The one table of a token's legal moves. A move not in it is a bug and raises.
+
+A token is finished only after its Processing status is out (``_finish`` announces
+first), so RECEIVED never finishes directly; a withdrawn token is never parked (its first
+accepted result ends it)."""
+
+UNANNOUNCED = frozenset({_S.RECEIVED, _S.RECEIVED_WITHDRAWN})
+WITHDRAWN = frozenset({_S.RECEIVED_WITHDRAWN, _S.WITHDRAWN})
+
+
+@dataclass(eq=False, slots=True)
 class TokenRequest:
     """One presented token, from ``Processing`` to its final status.
 
     ``token`` is the working copy that gains ``parent_id_token`` and ``connectors`` on the
-    way, exactly as the statuses published for it should show.
+    way, exactly as the statuses published for it should show. ``results`` and ``index``
+    are the cursor over its validation results, kept while it waits for a car.
     """
 
     token: ProvidedIdToken
     referenced: list[int]  # the EVSEs it may use, fixed when it arrived
+    key: str = ""
+    state: TokenState = TokenState.RECEIVED
     candidates: list[int] = field(default_factory=list)  # of those, the ones free to select
     results: list[ValidationResult] = field(default_factory=list)
     index: int = 0  # the validation result being worked on
     current: ValidationResult = field(
         default_factory=lambda: ValidationResult(authorization_status=AuthorizationStatus.Unknown)
     )
-    authorized: bool = False
-    withdrawn: bool = False  # withdrawn while its validators were asked: ends at selection
-    announced: bool = False  # its Processing status is out
-    waiting_for: list[int] | None = None  # parked for a plug-in among these EVSEs
+    waiting_for: list[int] | None = None  # while WAITING_FOR_CAR: the EVSEs it may take
     wait_timer: TimerHandle | None = None
-    outcome: TokenOutcome | None = None
+    outcome: TokenOutcome | None = None  # once FINISHED
 
-    @property
-    def key(self) -> str:
-        return token_key(self.token)
+    def __post_init__(self) -> None:
+        self.key = token_key(self.token)
+
+    def move(self, event: TokenEvent) -> None:
+        """Take the transition ``event`` leads to from the current state."""
+        try:
+            self.state = TOKEN_TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise RuntimeError(f"token cannot {event.value} while {self.state.value}") from None
 
 
 def withdraw_matches(

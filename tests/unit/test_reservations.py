@@ -19,6 +19,7 @@ import pytest
 from auth_module.core.clock import FakeClock
 from auth_module.core.evse import Connector, ConnectorEvent, ConnectorState, EvseState
 from auth_module.core.reservations import (
+    Ended,
     ReservationBook,
     arrival_orders,
     every_arrival_order_fits,
@@ -61,10 +62,26 @@ class Station:
         self.book = ReservationBook(self.evses, self.clock, self.lock, store, self._record)
         self._next_id = 0
 
-    def _record(
-        self, evse_id: int | None, rid: int, reason: ReservationEndReason, send: bool
-    ) -> None:
-        self.calls.append((evse_id, rid, reason, send))
+    def _record(self, ended: Ended) -> None:
+        """What the owner is told of a reservation that ended (all of it notified)."""
+        self.calls.append((ended.evse_id, ended.reservation_id, ended.reason, True))
+
+    def load(self) -> None:
+        for ended in self.book.load()[1]:
+            self._record(ended)
+
+    def cancel_for_evse(self, evse_id: int) -> bool:
+        ended = self.book.cancel_for_evse(evse_id)
+        if ended is not None:
+            self._record(ended)
+        return ended is not None
+
+    def end(self, rid: int, reason: ReservationEndReason) -> tuple[bool, int | None]:
+        """Cancel and notify, as the owner does for a cancellation it reports."""
+        found, evse_id = self.book.cancel(rid, reason)
+        if found:
+            self._record(Ended(evse_id, rid, reason))
+        return found, evse_id
 
     def add_connector(self, evse_id: int, connector_id: int, ctype: ConnectorTypeEnum) -> None:
         connector = Connector(connector_id, ctype)
@@ -93,7 +110,8 @@ class Station:
         self.connector(evse_id, index).submit(event)
 
     def changed(self, state: ConnectorState, evse_id: int, connector_id: int) -> None:
-        self.book.on_connector_state_changed(state, evse_id, connector_id)
+        for ended in self.book.on_connector_state_changed(state, evse_id, connector_id):
+            self._record(ended)
 
     def counts(self) -> tuple[int, int]:
         """(EVSE-specific, station-wide) reservations in the book."""
@@ -596,10 +614,10 @@ def test_cancel_reservation(st: Station) -> None:
     assert st.reserve(None, T.cType2) == R.Accepted
     assert st.reserve(None, T.cType2) == R.Accepted
     assert st.reserve(None, T.cType2) == R.Occupied
-    assert st.book.cancel(5, False, CANCELLED) == (False, None)
-    assert st.book.cancel(1, False, CANCELLED) == (True, None)
+    assert st.book.cancel(5, CANCELLED) == (False, None)
+    assert st.book.cancel(1, CANCELLED) == (True, None)
     assert st.reserve(1, T.cType2) == R.Accepted
-    assert st.book.cancel(3, False, CANCELLED) == (True, 1)
+    assert st.book.cancel(3, CANCELLED) == (True, 1)
     assert st.calls == []
 
 
@@ -703,7 +721,7 @@ def test_store_load_reservations(tmp_path: Path) -> None:
     st = Station(store)
     evses_ccs_and_type2(st)
     assert st.counts() == (0, 0)
-    st.book.load()
+    st.load()
     assert st.counts() == (0, 0)
     assert st.reserve(1, T.cCCS2) == R.Accepted
     assert st.reserve(None, T.cCCS2) == R.Accepted
@@ -714,7 +732,7 @@ def test_store_load_reservations(tmp_path: Path) -> None:
     evses_ccs_and_type2(restarted)
     assert restarted.counts() == (0, 0)
     assert restarted.clock.pending() == 0
-    restarted.book.load()
+    restarted.load()
     assert restarted.counts() == (1, 1)
     assert restarted.clock.pending() == 2
     assert restarted.calls == []
@@ -769,7 +787,7 @@ def test_store_load_reservations_connector_unavailable(tmp_path: Path) -> None:
     store = ReservationStore(tmp_path / "reservations.json")
     st = Station(store)
     evses_ccs_and_type2(st)
-    st.book.load()
+    st.load()
     assert st.counts() == (0, 0)
     assert st.reserve(1, T.cCCS2) == R.Accepted
     assert st.reserve(None, T.cCCS2) == R.Accepted
@@ -783,7 +801,7 @@ def test_store_load_reservations_connector_unavailable(tmp_path: Path) -> None:
     restarted.changed(restarted.connector(1, 0).connector_state, 3, 0)  # unknown evse, as in C++
     restarted.submit(1, 1, E.FAULTED)
     restarted.changed(restarted.connector(1, 1).connector_state, 1, 1)
-    restarted.book.load()
+    restarted.load()
     assert restarted.counts() == (0, 1)
     assert restarted.clock.pending() == 1
     assert restarted.calls == [(1, 0, CANCELLED, True)]
@@ -852,7 +870,7 @@ def test_check_evses_to_reserve_scenario_6(st: Station) -> None:
     assert st.book.check_global_reservations() == (set(), set())
     assert st.reserve(None, T.cCCS2) == R.Accepted
     assert st.book.check_global_reservations() == ({0, 1}, set())
-    st.book.cancel(first.reservation_id, False, CANCELLED)
+    st.book.cancel(first.reservation_id, CANCELLED)
     assert st.book.check_global_reservations() == (set(), {0, 1})
 
 
@@ -879,7 +897,7 @@ def test_cancelled_reservation_timer_does_not_fire(st: Station) -> None:
     """Ending a reservation cancels its timer, so no late Expired follows."""
     evses_ccs_and_type2(st, (1,))
     assert st.reserve(1, T.cCCS2) == R.Accepted
-    assert st.book.cancel(0, True, CANCELLED) == (True, 1)
+    assert st.end(0, CANCELLED) == (True, 1)
     assert st.clock.pending() == 0
     st.clock.advance(7200)
     assert st.calls == [(1, 0, CANCELLED, True)]
@@ -929,7 +947,7 @@ def test_store_written_on_every_change_and_emptied(tmp_path: Path) -> None:
     assert [(e, r.reservation_id) for e, r in store.load()] == [(1, 0), (None, 1)]
     st.book.on_reservation_used(0)
     assert [(e, r.reservation_id) for e, r in store.load()] == [(None, 1)]
-    st.book.cancel(1, False, CANCELLED)
+    st.book.cancel(1, CANCELLED)
     assert store.load() == []
     assert '"reservations": []' in (tmp_path / "r.json").read_text()
 
@@ -957,7 +975,7 @@ def test_load_expires_past_due_and_remakes_the_rest(tmp_path: Path) -> None:
     store.save([(1, res(10, -5)), (2, res(11, 30)), (9, res(12, 30)), (None, res(13, 60, None))])
     st = Station(store)
     evses_ccs_and_type2(st, (1, 2, 3))
-    st.book.load()
+    st.load()
     assert st.calls == [(1, 10, EXPIRED, True), (9, 12, CANCELLED, True)]
     assert [(e, r.reservation_id) for e, r in st.book.reservations()] == [(2, 11), (None, 13)]
     assert [(e, r.reservation_id) for e, r in store.load()] == [(2, 11), (None, 13)]
@@ -969,7 +987,7 @@ def test_load_expires_past_due_and_remakes_the_rest(tmp_path: Path) -> None:
 
 def test_load_without_store_is_a_no_op(st: Station) -> None:
     """No store configured: nothing to load, nothing to save."""
-    st.book.load()
+    st.load()
     assert st.book.reservations() == []
 
 
@@ -1044,10 +1062,10 @@ def test_cancel_for_evse(st: Station) -> None:
     """Cancelling by EVSE reports Cancelled through the callback when asked to."""
     evses_ccs_and_type2(st, (1, 2))
     assert st.reserve(2, T.cCCS2) == R.Accepted
-    assert not st.book.cancel_for_evse(1, True)
-    assert st.book.cancel_for_evse(2, True)
+    assert not st.cancel_for_evse(1)
+    assert st.cancel_for_evse(2)
     assert st.calls == [(2, 0, CANCELLED, True)]
-    assert not st.book.cancel_for_evse(2, True)
+    assert not st.cancel_for_evse(2)
 
 
 def test_more_important_state_ordering() -> None:
