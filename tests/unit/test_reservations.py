@@ -744,7 +744,7 @@ def test_store_load_evse_specific_reservation_without_global(tmp_path: Path) -> 
     store = ReservationStore(tmp_path / "reservations.json")
     st = Station(store)
     evses_ccs_and_type2(st)
-    st.book.load()
+    st.load()
     assert st.counts() == (0, 0)
 
     assert st.reserve(1, T.cCCS2) == R.Accepted  # no station-wide one to trigger a write
@@ -753,7 +753,7 @@ def test_store_load_evse_specific_reservation_without_global(tmp_path: Path) -> 
     restarted = Station(store)
     evses_ccs_and_type2(restarted)
     assert restarted.counts() == (0, 0)
-    restarted.book.load()
+    restarted.load()
     assert restarted.counts() == (1, 0)
     assert restarted.clock.pending() == 1  # its expiry timer is back
     assert [(e, r.reservation_id) for e, r in restarted.book.reservations()] == [(1, 0)]
@@ -766,17 +766,17 @@ def test_cancelled_reservation_not_resurrected_after_reload(tmp_path: Path) -> N
     store = ReservationStore(tmp_path / "reservations.json")
     st = Station(store)
     evses_ccs_and_type2(st)
-    st.book.load()
+    st.load()
     assert st.counts() == (0, 0)
 
     assert st.reserve(1, T.cCCS2) == R.Accepted  # reservation id 0
     assert st.counts() == (1, 0)
-    assert st.book.cancel(0, False, CANCELLED) == (True, 1)
+    assert st.book.cancel(0, CANCELLED) == (True, 1)
     assert st.counts() == (0, 0)
 
     restarted = Station(store)
     evses_ccs_and_type2(restarted)
-    restarted.book.load()
+    restarted.load()
     assert restarted.counts() == (0, 0)
     assert restarted.clock.pending() == 0
     assert restarted.calls == []
