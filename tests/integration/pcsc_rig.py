@@ -109,12 +109,32 @@ def wait_reader_empty(reader: str, timeout: float = 10.0) -> None:
         scard.SCardReleaseContext(context)
 
 
+class PcscdUnusable(Exception):
+    """A pcscd runs but the tests cannot use it (a reason to skip, not a failure)."""
+
+
+def _stop_leftover() -> None:
+    """Stop a pcscd that an earlier, interrupted test run started (its private reader
+    configuration is in a pytest directory), so that it is not taken for the system's."""
+    try:
+        pid = int(Path("/run/pcscd/pcscd.pid").read_text().split()[0])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return
+    if b"-c" in argv and any(b"pytest-" in a and a.endswith(b"reader.conf.d") for a in argv):
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 class Pcscd:
     """pcscd with vpcd readers: ours (startable, stoppable) or the system's."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
+        _stop_leftover()
         self.system = socket_answers()
         if self.system:
             self.port = self._system_port()
@@ -151,6 +171,9 @@ class Pcscd:
             if len([r for r in list_readers() if "Virtual PCD" in r]) >= 2:
                 return
             time.sleep(0.1)
+        if self.system:
+            raise PcscdUnusable("the running pcscd shows no vpcd readers (no vpcd in its "
+                                "/etc/reader.conf.d, or it refuses this user)")
         raise RuntimeError("pcscd did not show the two vpcd readers in time")
 
     def stop(self) -> None:

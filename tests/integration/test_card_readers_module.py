@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from auth_module.bus import BusClient
 from simulators.broker import Mosquitto
@@ -37,6 +38,9 @@ def running_module(broker: Mosquitto, tmp_path: Path,
     path = station(tmp_path, mqtt={"host": broker.host, "port": broker.port, "prefix": "everest/"},
                    providers=[provider],
                    validators=[{"plugin": "allow_list", "file": "tokens.yaml"}])
+    settings = yaml.safe_load(path.read_text())
+    settings["logging"]["show_tokens"] = False  # the default: UIDs are masked in the log
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
 
     def bus(module_id: str) -> BusClient:
         return BusClient(module_id=module_id, host=broker.host, port=broker.port,
@@ -84,6 +88,12 @@ def check_started(evse: ScriptedEvse, statuses: StatusLog,
     assert response["validation_result"]["authorization_status"] == "Accepted"
 
 
+def check_masked(log_path: Path) -> None:
+    text = log_path.read_text()
+    assert "card read" in text
+    assert CARD not in text and CARD.lower() not in text  # personal data: masked
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_a_card_on_the_pn532_starts_charging(broker: Mosquitto, tmp_path: Path) -> None:
@@ -109,6 +119,7 @@ def test_a_card_on_the_pn532_starts_charging(broker: Mosquitto, tmp_path: Path) 
                     board.card = None
 
             check_started(evse, statuses, card_on_board)
+        check_masked(log_path)
     finally:
         board.stop()
         os.close(master)
@@ -124,3 +135,4 @@ def test_a_card_on_the_pcsc_reader_starts_charging(broker: Mosquitto, tmp_path: 
         wait_until(lambda: "reading Virtual PCD 00 01" in log_path.read_text(), 15.0,
                    "the pcsc plugin to find the reader")
         check_started(evse, statuses, lambda: VirtualCard(pcscd.port, CARD, slot=1))
+    check_masked(log_path)
