@@ -21,6 +21,7 @@ from .pcsc_rig import Pcscd, VirtualCard
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 15.0
+Make = Callable[..., tuple[PcscProvider, "queue.Queue[ProvidedIdToken]"]]
 CTX = PluginContext(base_dir=Path("."))
 
 
@@ -33,7 +34,7 @@ def wait_for(what: Callable[[], bool], message: str, timeout: float = WAIT) -> N
 
 
 @pytest.fixture
-def provider_of() -> Iterator[Callable[..., tuple[PcscProvider, queue.Queue[ProvidedIdToken]]]]:
+def provider_of() -> Iterator[Make]:
     made: list[PcscProvider] = []
 
     def make(**options: object) -> tuple[PcscProvider, queue.Queue[ProvidedIdToken]]:
@@ -52,7 +53,7 @@ def provider_of() -> Iterator[Callable[..., tuple[PcscProvider, queue.Queue[Prov
 
 
 def test_a_card_placed_is_one_token_and_again_when_placed_again(pcscd: Pcscd,
-                                                                provider_of: Callable[..., tuple[PcscProvider, queue.Queue[ProvidedIdToken]]]) -> None:  # noqa: E501
+                                                                provider_of: Make) -> None:
     provider, got = provider_of(debounce_s=0)
     assert provider.connected.wait(WAIT)
     assert provider.readers == pcscd.readers() and len(provider.readers) == 2
@@ -77,8 +78,7 @@ def test_a_card_placed_is_one_token_and_again_when_placed_again(pcscd: Pcscd,
             assert got.get(timeout=WAIT).id_token.value == "A1B2C3D4"
 
 
-def test_reader_option_picks_the_reader_by_name(pcscd: Pcscd,
-                                                provider_of: Callable[..., tuple[PcscProvider, queue.Queue[ProvidedIdToken]]]) -> None:  # noqa: E501
+def test_reader_option_picks_the_reader_by_name(pcscd: Pcscd, provider_of: Make) -> None:
     provider, got = provider_of(reader="pcd 00 01")  # case-insensitive
     assert provider.connected.wait(WAIT)
     assert provider.readers == ["Virtual PCD 00 01"]
@@ -101,8 +101,7 @@ class Refusing(VirtualCard):
         return b"\x6a\x81"  # function not supported
 
 
-def test_a_card_without_uid_is_one_warning_and_no_token(pcscd: Pcscd,
-                                                        provider_of: Callable[..., tuple[PcscProvider, queue.Queue[ProvidedIdToken]]]) -> None:  # noqa: E501
+def test_a_card_without_uid_is_one_warning_and_no_token(pcscd: Pcscd, provider_of: Make) -> None:
     provider, got = provider_of()
     assert provider.connected.wait(WAIT)
     with capture_logs() as logs:
@@ -116,8 +115,7 @@ def test_a_card_without_uid_is_one_warning_and_no_token(pcscd: Pcscd,
 
 
 @pytest.mark.timeout(120)
-def test_pcscd_gone_and_back(pcscd: Pcscd,
-                             provider_of: Callable[..., tuple[PcscProvider, queue.Queue[ProvidedIdToken]]]) -> None:  # noqa: E501
+def test_pcscd_gone_and_back(pcscd: Pcscd, provider_of: Make) -> None:
     if pcscd.system:
         pytest.skip("the pcscd here is the system's; the tests do not stop it")
     pcscd.stop()

@@ -1,10 +1,12 @@
-"""The PN532 frame codec against the byte sequences of NXP UM0701-02 (no I/O)."""
+"""The PN532 frame codec against the byte sequences of NXP UM0701-02, and the command
+link on a scripted port (no I/O, no waiting)."""
 
 from __future__ import annotations
 
 import pytest
 
 from auth_module.plugins import pn532_frames as pf
+from auth_module.plugins.pn532_reader import Pn532Error, Pn532Link
 
 
 def test_commands_encode_as_in_the_user_manual() -> None:
@@ -12,7 +14,7 @@ def test_commands_encode_as_in_the_user_manual() -> None:
     assert pf.encode(pf.IN_LIST_PASSIVE_TARGET, b"\x01\x00") == bytes.fromhex(
         "0000FF04FCD44A0100E100")
     assert pf.encode(pf.SAM_CONFIGURATION, b"\x01\x14\x01") == bytes.fromhex(
-        "0000FF05FBD414011401020 0".replace(" ", ""))
+        "0000FF05FBD4140114010200")
     assert pf.checksum(b"\xd4\x4a\x01\x00") == 0xE1
 
 
@@ -65,3 +67,62 @@ def test_targets_with_4_7_and_10_byte_uids() -> None:
 def test_answers_that_do_not_add_up_are_refused(answer: str) -> None:
     with pytest.raises(ValueError):
         pf.parse_targets(bytes.fromhex(answer))
+
+
+# --- the link on a scripted port (no pty, no waiting) ------------------------------------------
+
+
+class ScriptedPort:
+    """A serial port whose board answers each write with the next scripted bytes."""
+
+    def __init__(self, *answers: bytes) -> None:
+        self.answers = list(answers)
+        self.written: list[bytes] = []
+        self._pending = b""
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self._pending)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        if self.answers:
+            self._pending += self.answers.pop(0)
+
+    def read(self, size: int = 1) -> bytes:
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def reset_input_buffer(self) -> None:
+        self._pending = b""
+
+
+def answer(code: int, data: bytes) -> bytes:
+    return pf.encode(code, data, tfi=pf.PN532)
+
+
+def test_link_sends_the_command_again_after_a_nack() -> None:
+    card = bytes.fromhex("0101000408" "04" "A1B2C3D4")
+    port = ScriptedPort(pf.NACK, pf.ACK + answer(0x4B, card))
+    link = Pn532Link(port)
+    target = link.poll()
+    assert target is not None and target.uid_hex == "A1B2C3D4"
+    assert port.written == [pf.encode(0x4A, b"\x01\x00")] * 2
+
+
+def test_link_error_frame_and_malformed_answer_raise() -> None:
+    link = Pn532Link(ScriptedPort(pf.ACK + bytes.fromhex("0000FF01FF7F8100")))
+    with pytest.raises(Pn532Error, match="InListPassiveTarget: error frame"):
+        link.poll()
+    link = Pn532Link(ScriptedPort(pf.ACK + answer(0x4B, b"\x01\x01\x00")))
+    with pytest.raises(Pn532Error, match="cut short"):
+        link.poll()
+
+
+def test_link_initialise_wakes_the_board_first() -> None:
+    port = ScriptedPort(b"", b"", pf.ACK + answer(0x15, b""),
+                        pf.ACK + answer(0x03, b"\x32\x01\x06\x07"), pf.ACK + answer(0x33, b""))
+    assert Pn532Link(port).initialise() == "PN532 v1.6"
+    assert port.written[0] == pf.ACK       # abort whatever the board was doing
+    assert port.written[1] == pf.WAKE_UP   # 0x55 and zeros
+    assert [w[6] for w in port.written[2:]] == [0x14, 0x02, 0x32]
