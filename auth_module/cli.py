@@ -1,5 +1,8 @@
 """``auth-module --config station.yaml``: run until SIGINT or SIGTERM, then exit 0.
 
+Also ``auth-module --everest`` (under EVerest's manager) and ``auth-module everest-module
+DIR`` (the module folder the manager starts): CONTRACT.md §8, :mod:`auth_module.everest`.
+
 Every failure a user can cause ends in one line on stderr and a non-zero status, never a
 traceback: 2 for a station file (or station) that is wrong, 1 for anything unexpected.
 """
@@ -18,18 +21,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="auth-module",
         description="EVerest-compatible authorization module for EV chargers, over MQTT.",
     )
-    parser.add_argument("--config", required=True, metavar="PATH",
-                        help="the station file (YAML): broker, module id, config, connections")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--config", metavar="PATH",
+                      help="the station file (YAML): broker, module id, config, connections")
+    mode.add_argument("--everest", action="store_true",
+                      help="run under EVerest's manager: module id, prefix and broker from its "
+                           "EV_* environment, configuration from the manager (see "
+                           "`auth-module everest-module --help`)")
+    parser.add_argument("--module-dir", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["everest-module"]:
+        return _everest_module(argv[1:])
     args = build_parser().parse_args(argv)
     # First thing: a SIGTERM during start-up must still end in a clean exit 0.
     stop = StopSignal()  # also ends a start-up call at once (no polling)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.everest:
+        from .everest.runner import run_everest
+
+        return run_everest(stop, args.module_dir)
     from .station import StationError, load_station
 
     try:
@@ -56,6 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: one line, not a traceback
         print(f"auth-module: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _everest_module(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="auth-module everest-module",
+        description="Write DIR/NAME/manifest.yaml and DIR/NAME/module.py: an EVerest module "
+                    "folder. Put it in EVerest's modules directory and use `module: NAME` "
+                    "where the EVerest config has `module: Auth` (docs/everest.md).")
+    parser.add_argument("dir", metavar="DIR", help="where to write the folder NAME")
+    parser.add_argument("--name", default="PyAuth", help="the module name (default: PyAuth)")
+    args = parser.parse_args(argv)
+    from .everest.folder import FolderError, write_module_folder
+
+    try:
+        folder = write_module_folder(args.dir, args.name)
+    except FolderError as exc:
+        print(f"auth-module: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder}/manifest.yaml and {folder}/module.py; in the EVerest config use "
+          f"`module: {args.name}` in place of `module: Auth`")
     return 0
 
 

@@ -20,6 +20,7 @@ from .core.clock import Clock, RealClock
 from .core.gate import StartupGate
 from .core.handler import AuthHandler, AuthSettings
 from .core.ports import Runner
+from .everest.link import ManagerLink
 from .logs import remember_token
 from .plugins.base import TokenProvider, TokenValidator
 from .schema import InterfaceSchemas
@@ -53,8 +54,11 @@ class NotReadyError(Exception):
 
 class AuthModule:
     def __init__(self, station: Station, clock: Clock | None = None,
-                 token_workers: int = 8, token_backlog: int = 64) -> None:
+                 token_workers: int = 8, token_backlog: int = 64,
+                 manager: ManagerLink | None = None) -> None:
         self.station = station
+        #: under EVerest's manager: ModuleReady first, get_evse only after its GlobalReady
+        self.manager = manager
         cfg = station.config
         # Each token runs on a thread of the bus's crew (at most token_workers at once, and
         # token_backlog waiting): the thread that reads a token becomes its thread. No
@@ -132,9 +136,13 @@ class AuthModule:
         self._subscribe()
         self._provide_commands()
         self.bus.on_connection_change = self._on_connection_change
+        if self.manager is not None:
+            self.manager.attach(self.bus)
         self.bus.start()
         try:
             self.bus.wait_connected(timeout=2.0)
+            if self.manager is not None and not self.manager.announce_and_wait(self.bus, stop):
+                return
             evses = self._discover_evses(stop)
             if evses is None:
                 return
@@ -145,7 +153,8 @@ class AuthModule:
             for provider in self.providers:
                 provider.start(self.accept_token)
             self.ready.set()
-            self.bus.publish_ready()
+            if self.manager is None:  # under the manager, ModuleReady went out before
+                self.bus.publish_ready()
             log.info("ready", evses=[e.id for e in evses], replayed_events=replayed,
                      selection=self.station.config.selection_algorithm)
             stop.wait()
@@ -194,7 +203,9 @@ class AuthModule:
         return found
 
     def _on_connection_change(self, connected: bool) -> None:
-        if connected and self.ready.is_set():
+        if self.manager is not None:
+            self.manager.on_connection_change(self.bus, connected)
+        elif connected and self.ready.is_set():
             self.bus.publish_ready()  # a broker that restarted has forgotten us
 
     # --- what comes in ---------------------------------------------------------------------

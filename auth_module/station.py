@@ -45,6 +45,7 @@ __all__ = [
     "StationError",
     "TimeoutSettings",
     "load_station",
+    "station_from_data",
     "manifest",
     "manifest_path",
 ]
@@ -516,11 +517,20 @@ def load_station(path: str | Path) -> Station:
     if bad_keys:
         raise StationError(f"{name}: unknown key {_show(bad_keys[0])}")
 
+    return station_from_data(data, name, p.resolve().parent)
+
+
+def station_from_data(data: dict[str, Any], source: str, base_dir: Path) -> Station:
+    """Check already-parsed station data: a station file's, or the one built from EVerest's
+    manager's answer (:mod:`auth_module.everest.settings`), so both go through one model.
+
+    ``source`` names the origin in error messages; relative paths resolve against ``base_dir``.
+    """
     try:
         station = Station.model_validate(data)
     except ValidationError as exc:
         key, problem = _problem(exc.errors(include_url=False)[0])
-        raise StationError(f"{name}: {key}: {problem}" if key else f"{name}: {problem}") from None
-    station._base_dir = p.resolve().parent
-    station._source = name
+        raise StationError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}") from None
+    station._base_dir = base_dir
+    station._source = source
     return station
