@@ -59,6 +59,7 @@ class ModuleSpec:
     module: str                                   # the module name
     config_module: dict[str, Any] = field(default_factory=dict)
     connections: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    mapping: dict[str, Any] | None = None         # e.g. {"implementations": {"evse": {"evse": 1}}}
 
 
 def _configuration_parameters(manifest: dict[str, Any], given: dict[str, Any]
@@ -111,10 +112,11 @@ def build_config_answer(config: dict[str, ModuleSpec], manifests: dict[str, dict
                                 "implementation_id": target["implementation_id"],
                                 "requirement": requirement})
         connections[req] = fulfilments
-    mappings: dict[str, Any] = {origin: None}
+    mappings: dict[str, Any] = {origin: spec.mapping}
     for targets in spec.connections.values():
         for target in targets:
-            mappings[target["module_id"]] = None
+            other = config.get(target["module_id"])
+            mappings[target["module_id"]] = other.mapping if other is not None else None
     module_config = {
         "access": None, "configuration_parameters": parameters, "connections": connections,
         "mapping": None, "module_id": origin, "module_name": spec.module, "standalone": False,
@@ -319,6 +321,10 @@ class ManagerStandIn:
         msg_type = envelope.get("msg_type") if isinstance(envelope, dict) else None
         if isinstance(msg_type, str) and msg_type not in MSG_TYPES:
             self._violation(f"{topic}: unknown msg_type {msg_type!r} (exit(1) in EVerest)")
+        problem = envelope_problem(msg_type, envelope.get("data") if isinstance(envelope, dict)
+                                   else None)
+        if problem:
+            self._violation(f"{topic}: {problem}")
         if topic == "config/request" and msg_type == "ConfigurationRequest":
             with self.lock:
                 self.requests.append((now, payload))
@@ -361,6 +367,37 @@ class ManagerStandIn:
     def _violation(self, text: str) -> None:
         with self.lock:
             self.violations.append(text)
+
+
+_ERROR_FIELDS = ("type", "sub_type", "description", "message", "severity", "origin",
+                 "vendor_id", "state", "timestamp", "uuid")
+
+
+def envelope_problem(msg_type: Any, data: Any) -> str | None:
+    """What a C++ receiver would die of (it reads these fields with ``.at()``, §e)."""
+    if msg_type == "Var":
+        return None if isinstance(data, dict) and "data" in data else "Var without data.data"
+    if msg_type == "Cmd":
+        ok = isinstance(data, dict) and isinstance(data.get("id"), str) \
+            and isinstance(data.get("origin"), str) and isinstance(data.get("args"), dict)
+        return None if ok else "Cmd without id, origin or args"
+    if msg_type == "CmdResult":
+        inner = data.get("data") if isinstance(data, dict) else None
+        if not (isinstance(data, dict) and data.get("type") == "result"
+                and isinstance(inner, dict) and isinstance(inner.get("id"), str)
+                and isinstance(inner.get("origin"), str)):
+            return "CmdResult without type result, data.id or data.origin"
+        error = inner.get("error")
+        if error is not None and not (isinstance(error, dict) and set(error) == {
+                "__everest__error_type", "__everest__error_msg"}):
+            return f"CmdResult error not in the framework's shape: {error!r}"
+        if error is None and "retval" not in inner:
+            return "CmdResult without retval or error"
+        return None
+    if msg_type in ("RaiseError", "ClearError"):
+        missing = [k for k in _ERROR_FIELDS if not isinstance(data, dict) or k not in data]
+        return f"{msg_type} without {missing}" if missing else None
+    return None
 
 
 def _which(program: str, path: str) -> str:
