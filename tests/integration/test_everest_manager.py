@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ import psutil
 import pytest
 
 from auth_module.bus import BusClient
-from auth_module.everest.folder import write_module_folder
+from auth_module.everest.env import ManagerEnv
+from auth_module.everest.folder import everest_manifest, write_module_folder
+from auth_module.everest.handshake import ConfigRequester
+from auth_module.everest.settings import module_config_of
 from simulators.broker import Mosquitto
 from simulators.evse_manager import EvseManagerSim
 from simulators.token_provider import TokenProviderSim
@@ -292,3 +296,26 @@ def test_module_py_with_no_usable_interpreter_says_so(tmp_path: Path, other_pyth
     assert run.returncode == 1
     err = run.stderr.decode()
     assert "auth-module everest-module" in err and "Traceback" not in err
+
+
+class SocketMosquitto(Mosquitto):
+    """The test broker with a unix socket listener too (EVerest's usual broker)."""
+
+    def _write_conf(self) -> None:
+        super()._write_conf()
+        self.socket_path = str(self._dir / "mqtt.sock")
+        with self.conf_path.open("a") as conf:
+            conf.write(f"listener 0 {self.socket_path}\nallow_anonymous true\n")
+
+
+def test_the_configuration_request_over_the_brokers_unix_socket() -> None:
+    with SocketMosquitto() as broker, ManagerStandIn(
+            broker.host, broker.port, Path("/nonexistent"), charger(),
+            extra_manifests={**SIM_MANIFESTS, "PyAuth": everest_manifest()}) as manager:
+        manager.start(Path(broker.conf_path).parent)
+        env = ManagerEnv.from_environ({"EV_MODULE": "auth",
+                                       "EV_MQTT_BROKER_SOCKET_PATH": broker.socket_path})
+        answer = ConfigRequester(env).fetch(threading.Event())
+        assert answer is not None
+        assert module_config_of(answer, "auth")["module_name"] == "PyAuth"
+        assert [p for _, p in manager.requests] == [REQUEST]
