@@ -227,6 +227,24 @@ def test_started_as_the_manager_starts_it_and_serves_a_token(make_charger: Any) 
 
 
 @pytest.mark.timeout(60)
+def test_session_events_before_global_ready_are_kept(make_charger: Any) -> None:
+    """A car plugged in between ModuleReady and GlobalReady is not forgotten: PlugEvents
+    gives the token to that EVSE (evse id 2), not to the first one."""
+    c = make_charger(charger(selection_algorithm="PlugEvents"), hold_global_ready=True)
+    c.manager.wait_ready("auth")
+    assert c.evse_a.plug_in()
+    time.sleep(0.5)
+    c.manager.release()
+    wait_until(lambda: c.logged("ready"), 10, "the module's ready log line")
+    c.provider.swipe(TOKEN)
+    c.statuses.wait(TOKEN, "Accepted", timeout=10)
+    wait_until(lambda: [cmd for cmd, _ in c.evse_a.received if cmd == "authorize_response"],
+               10, "authorize_response on evse_a")
+    assert not [cmd for cmd, _ in c.evse_b.received if cmd == "authorize_response"]
+    assert c.manager.violations == []
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("extra, key", [
     ({"token_validator_plugins": "[{plugin: no_such_plugin}]"},
      "config_module.token_validator_plugins[0]"),
