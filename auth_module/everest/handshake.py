@@ -74,6 +74,7 @@ class ConfigRequester:
             transport="unix" if env.socket_path else "tcp",
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.connect_timeout = 2.0  # a SIGTERM must end us within 5 s even then
         self._client.on_socket_open = self._on_socket_open
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail

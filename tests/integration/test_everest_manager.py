@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from auth_module.everest.env import ManagerEnv
 from auth_module.everest.folder import everest_manifest, write_module_folder
 from auth_module.everest.handshake import ConfigRequester
 from auth_module.everest.settings import module_config_of
-from simulators.broker import Mosquitto
+from simulators.broker import Mosquitto, free_port
 from simulators.evse_manager import EvseManagerSim
 from simulators.token_provider import TokenProviderSim
 from simulators.validator import ValidatorSim
@@ -337,3 +338,26 @@ def test_the_configuration_request_over_the_brokers_unix_socket() -> None:
         assert answer is not None
         assert module_config_of(answer, "auth")["module_name"] == "PyAuth"
         assert [p for _, p in manager.requests] == [REQUEST]
+
+
+@pytest.mark.timeout(60)
+def test_broker_down_at_start_is_retried_and_sigterm_still_ends_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EV_")}
+    env.update(EV_MODULE="auth", EV_MQTT_EVEREST_PREFIX="everest/",
+               EV_MQTT_BROKER_HOST="127.0.0.1", EV_MQTT_BROKER_PORT=str(free_port()))
+    log = tmp_path / "auth.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "auth_module", "--everest"], env=env,
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "broker not reachable" in log.read_text(), 15, "the retry line")
+        time.sleep(1.5)
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
