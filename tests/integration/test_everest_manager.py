@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from auth_module.bus import BusClient
+from auth_module.bus import BusClient, CommandError
 from auth_module.everest.env import ManagerEnv
 from auth_module.everest.folder import everest_manifest, write_module_folder
 from auth_module.everest.handshake import ConfigRequester
@@ -197,6 +197,10 @@ def test_started_as_the_manager_starts_it_and_serves_a_token(make_charger: Any) 
     assert c.cmd_times("evse_b", "get_evse") == [] and c.cmd_times("evse_a", "get_evse") == []
     assert c.statuses.of(TOKEN) == []
     assert "token dropped" in c.log()
+    with pytest.raises(CommandError) as not_ready:  # answered, in the framework's shape
+        c.observer.call("auth", "reservation", "exists_reservation",
+                        {"request": {"id_token": TOKEN}}, timeout=10)
+    assert not_ready.value.event == "NotReady"
     c.manager.release()
     wait_until(lambda: c.cmd_times("evse_a", "get_evse"), 10, "get_evse to evse_a")
     global_ready = c.manager.global_ready_at

@@ -25,7 +25,7 @@ from auth_module.everest.settings import (
     module_config_of,
     station_from_manager,
 )
-from auth_module.station import BusConnection, PluginConnection, StationConfig, StationError
+from auth_module.station import BusConnection, PluginConnection, StationError
 from auth_module.types import SelectionAlgorithm
 from tests.integration.everest_manager import ModuleSpec, build_config_answer, dump
 
@@ -114,8 +114,8 @@ def test_the_managers_answer_from_the_spec_fills_the_station(tmp_path: Path) -> 
     assert (station.mqtt.host, station.mqtt.port, station.mqtt.prefix) == (
         "localhost", 1883, "everest/")
     # every Auth key the answer carries is used, none silently dropped
-    assert set(ignored_parameters(module_config)) <= {"stop_transaction_on_reswipe"} - set(
-        StationConfig.model_fields)
+    assert ignored_parameters(module_config) == []
+    assert station.config.stop_transaction_on_reswipe is True
     assert station.reservation_store == tmp_path / ".state" / "auth-reservations.json"
 
 
@@ -221,8 +221,6 @@ def test_the_manifest_is_valid_for_everest() -> None:
 def test_the_manifest_has_every_auth_key_as_everest_declares_it() -> None:
     upstream = yaml.safe_load((EVEREST_DEFS / "modules" / "Auth" / "manifest.yaml").read_text())
     ours = everest_manifest()
-    if "stop_transaction_on_reswipe" not in ours["config"]:
-        pytest.xfail("stop_transaction_on_reswipe comes with issue 10")
     for key, entry in upstream["config"].items():
         assert key in ours["config"], f"EVerest's Auth key {key} is missing"
         assert ours["config"][key]["type"] == entry["type"], key
@@ -262,3 +260,17 @@ def test_module_py_records_the_interpreter_unresolved() -> None:
     text = module_py("/opt/venv/bin/python3")
     assert "RECORDED_PYTHON = '/opt/venv/bin/python3'" in text
     assert '"-P", "-m", "auth_module", "--everest"' in text
+
+
+def test_the_stand_in_flags_what_would_kill_a_cpp_receiver() -> None:
+    from tests.integration.everest_manager import envelope_problem
+
+    good = {"type": "result", "data": {"id": "1", "origin": "auth", "error": {
+        "__everest__error_type": "NotReady", "__everest__error_msg": "starting"}}}
+    assert envelope_problem("CmdResult", good) is None
+    old = {"type": "result", "data": {"id": "1", "origin": "auth",
+                                      "error": {"event": "NotReady", "msg": "starting"}}}
+    assert envelope_problem("CmdResult", old) is not None
+    assert envelope_problem("Var", {"value": 1}) is not None
+    assert envelope_problem("Cmd", {"id": "1", "args": {}}) is not None
+    assert envelope_problem("RaiseError", {"type": "evse_manager/Inoperative"}) is not None
