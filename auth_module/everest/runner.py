@@ -18,6 +18,7 @@ import structlog
 
 from ..logs import configure_logging
 from ..station import Station, StationError
+from ..text import exception_line
 from .env import EnvError, ManagerEnv
 from .handshake import ConfigRequester
 from .link import ManagerLink
@@ -36,11 +37,6 @@ log = structlog.get_logger("everest")
 _NOT_READY = "staying alive and not ready until EVerest's manager stops the charger"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).replace("\n", " ").strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def run_everest(stop: threading.Event, module_dir: str | None = None) -> int:
     """Serve until ``stop`` is set; 2 only when not started by a manager at all."""
     configure_logging("info", "auto", False, cache=False)  # until the config says otherwise
@@ -53,7 +49,7 @@ def run_everest(stop: threading.Event, module_dir: str | None = None) -> int:
     try:
         _serve(env, base_dir, stop)
     except Exception as exc:  # last resort: one line, and still no exit of our own
-        log.error(f"unexpected error; {_NOT_READY}", error=_one_line(exc))
+        log.error(f"unexpected error; {_NOT_READY}", error=exception_line(exc))
     stop.wait()
     return 0
 
