@@ -85,6 +85,7 @@ class AuthModule:
                 cfg.prioritize_authorization_over_stopping_transaction),
             ignore_connector_faults=cfg.ignore_connector_faults,
             plug_in_timeout_enabled=cfg.plug_in_timeout_enabled,
+            stop_transaction_on_reswipe=cfg.stop_transaction_on_reswipe,
         )
         self.handler = AuthHandler(settings, self.clock, self.ports,
                                    ReservationStore(station.reservation_store))

@@ -15,11 +15,13 @@ What it does, in order:
    (:func:`simulators.launcher.start_station`); the auth module runs as its own process,
    ``auth-module --config STATION``, with its log in ``.state/demo-module.log``. The demo
    waits for the module's ``ready`` message.
-3. **Scenes.** Five short scenes, one numbered line per step, each followed by what really
+3. **Scenes.** Six short scenes, one numbered line per step, each followed by what really
    happened on the bus: the module's ``token_validation_status`` and ``reservation_update``
    vars, the session events of the EVSE managers and the commands the module sent them.
    When an expected outcome does not come within a deadline the demo prints an
-   ``unexpected: ...`` line, tidies up and goes on; the exit status is then 1.
+   ``unexpected: ...`` line, tidies up and goes on; the exit status is then 1. For the last
+   scene the demo restarts the module from a temporary copy of the station file with
+   ``stop_transaction_on_reswipe: false``.
 4. **Shutdown.** SIGTERM to the module (it must exit 0), then the simulators and the
    broker the demo started. Ctrl-C (or SIGTERM) at any point shuts down the same way and
    exits 130.
@@ -190,6 +192,21 @@ def _station_copy(original: Path, host: str, port: int, owned: list[Any]) -> Pat
     return copy
 
 
+def _config_copy(original: Path, overrides: dict[str, Any], owned: list[Any]) -> Path:
+    """A temporary copy of the station file with ``overrides`` in its ``config`` section
+    (host and port as they are; relative paths made absolute, as :func:`_station_copy`)."""
+    data = yaml.safe_load(original.read_text(encoding="utf-8")) or {}
+    mqtt = data.get("mqtt") or {}
+    copy = _station_copy(original, str(mqtt.get("host", "127.0.0.1")),
+                         int(mqtt.get("port", 1883)), owned)
+    data = yaml.safe_load(copy.read_text(encoding="utf-8"))
+    data["config"] = {**(data.get("config") or {}), **overrides}
+    settings = ", ".join(f"{k}: {v}" for k, v in overrides.items())
+    copy.write_text(f"# temporary copy of {original} made by auth-demo with {settings}\n"
+                    + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return copy
+
+
 def choose_broker(station_path: Path, host: str, port: int, owned: list[Any]) -> BrokerChoice:
     """Find or start the broker; what the demo starts (brokers, temp dirs) goes to ``owned``."""
     answer = mqtt_broker_answers(host, port)
@@ -315,10 +332,15 @@ def _event_text(ev: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the scenes
 
 
+#: Restarts the module with these ``config`` keys changed; returns the new process or None.
+Restarter = Callable[[dict[str, Any]], "subprocess.Popen[bytes] | None"]
+
+
 class Demo:
     def __init__(self, station: Any, observer: Observer, proc: subprocess.Popen[bytes],
                  module_id: str, connection_timeout: int, pause_s: float, pace_s: float,
-                 log_path: Path) -> None:
+                 log_path: Path, restart_module: Restarter | None = None) -> None:
+        self.restart_module = restart_module
         self.station = station
         self.obs = observer
         self.proc = proc
@@ -429,7 +451,7 @@ class Demo:
             status = str(rec.value.get("status"))
             where = ""
             connectors = (rec.value.get("token") or {}).get("connectors")
-            if status in ("UsedToStart", "UsedToStop") and connectors:
+            if status in ("UsedToStart", "UsedToStop", "UsedToReauthorize") and connectors:
                 where = " on EVSE " + ", ".join(str(c) for c in connectors)
             if status == "TimedOut":
                 where = f" after {time.monotonic() - start:.1f} s"
@@ -511,6 +533,8 @@ class Demo:
             ("a card but no car: the connection timeout", self.scene_timeout),
             ("another card of the same group stops a charge (parent id)", self.scene_parent),
             ("a reservation", self.scene_reservation),
+            ("a station with a display: a card swiped again does not stop its charge",
+             self.scene_reswipe),
         ]
         from auth_module.bus import BusError
 
@@ -680,6 +704,39 @@ class Demo:
             self.unexpected(f"exists_reservation answered {check}, expected NotReserved")
         self.step("The driver finishes and unplugs.")
         self.plug_out(2, "EVSE 2 is free again")
+
+
+    def scene_reswipe(self) -> None:
+        self.step("The demo restarts the auth module with stop_transaction_on_reswipe: false "
+                  "(from a temporary copy of the station file), as a station with a display "
+                  "that offers its own stop button would run it.")
+        proc = self.restart_module({"stop_transaction_on_reswipe": False}) \
+            if self.restart_module is not None else None
+        if proc is None:
+            self.unexpected("the auth module could not be restarted with the new setting")
+            return
+        self.proc = proc
+        self.show(f"auth-module restarted (pid {proc.pid}) and ready again")
+        if not self.start_charging(1, "VALID_RFID_1", "EVSE 1 has the car"):
+            return
+        self.step("Card VALID_RFID_1 is swiped again while EVSE 1 charges.")
+        cmd_start = len(self.evse(1).received)
+        mark = self.swipe("VALID_RFID_1")
+        msg = self.follow(
+            "VALID_RFID_1", mark, "UsedToReauthorize",
+            {"Processing": "the module sees the card that started this charge",
+             "UsedToReauthorize": "the card belongs to this charge, which goes on; a display "
+                                  "could now offer the driver a stop button"})
+        if msg is None:
+            return
+        time.sleep(0.3)
+        stops = [c for c, _ in list(self.evse(1).received)[cmd_start:] if c == "stop_transaction"]
+        if stops:
+            self.unexpected("EVSE 1 was told to stop the transaction anyway")
+        else:
+            self.show("EVSE 1 received no stop_transaction: still charging.")
+        self.step("The driver unplugs to leave; that ends the transaction.")
+        self.plug_out(1, "EVSE 1 is free again")
 
 
 def _exit_text(proc: subprocess.Popen[bytes]) -> str:
@@ -952,8 +1009,31 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     out("How to read it: [n.m] is a step the demo plays; 'auth -> ...' is what the auth module "
         "published or sent (token_validation_status, reservation_update, commands to the "
         "EVSEs); 'EVSE n -> ...' are the session events that EVSE reported.")
+    def restart_module(overrides: dict[str, Any]) -> subprocess.Popen[bytes] | None:
+        """Stop the module (it must exit 0 on SIGTERM) and start it again from a temporary
+        copy of the station file with ``overrides`` in its config section."""
+        assert run.proc is not None
+        run.proc.send_signal(signal.SIGTERM)
+        try:
+            if run.proc.wait(timeout=10) != 0:
+                out(f"unexpected: the auth module ended with {_exit_text(run.proc)} on SIGTERM")
+                return None
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+            run.proc.wait()
+            return None
+        copy = _config_copy(choice.station_path, overrides, run.owned)
+        seen = observer.ready_count
+        run.proc = subprocess.Popen([*_module_command(), "--config", str(copy)],
+                                    stdin=subprocess.DEVNULL, stdout=run.module_log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        proc = run.proc
+        if not observer.wait_ready(seen, READY_DEADLINE_S, lambda: proc.poll() is None):
+            return None
+        return proc
+
     run.demo = demo = Demo(run.station, observer, run.proc, info.module_id,
-                           connection_timeout, pause, pace, log_path)
+                           connection_timeout, pause, pace, log_path, restart_module)
     demo.run()
     out()
     if demo.unexpected_count:

@@ -51,9 +51,16 @@ def withdraw_authorization(core: CoreState, journey: TokenJourney,
                 core.ports.stop_transaction(evse.index, StopTransactionRequest(
                     reason=StopTransactionReason.DeAuthorized))
             else:
+                auth = evse.authorization
+                assert auth is not None  # chosen for having one
                 evse.authorization = None
                 evse.cancel_timer()
                 core.ports.withdraw_authorization(evse.index)
+                # Its token hears of it, as a timed-out one does (EVerest #2499).
+                withdrawn = auth.granted_token.model_copy()
+                withdrawn.parent_id_token = auth.parent_id_token
+                withdrawn.connectors = [evse.evse_id]
+                journey.publish(withdrawn, TokenValidationStatus.Withdrawn)
             log.info("authorization withdrawn", evse=evse.evse_id,
                      stopped_transaction=evse.transaction_active)
         return result

@@ -35,7 +35,7 @@ from .selection import (
     any_available,
     any_parent_id_present,
     evse_used_by,
-    first_plugged,
+    plugged_for,
     referenced_evses,
     select_evse,
 )
@@ -137,12 +137,17 @@ class TokenJourney:
             if evse_id is not None:
                 evse = self._evses[evse_id]
                 self._announce(request)
-                self._ports.stop_transaction(evse.index, StopTransactionRequest(
-                    reason=StopTransactionReason.Local, id_tag=token.model_copy()))
+                stop_tag = token.model_copy()  # the token as presented, for the EVSE manager
                 assert evse.authorization is not None
                 if evse.authorization.parent_id_token is not None:
                     token.parent_id_token = evse.authorization.parent_id_token
                 token.connectors = [evse_id]
+                if not self._settings.stop_transaction_on_reswipe:
+                    log.info("token of a running transaction presented again; it goes on "
+                             "(stop_transaction_on_reswipe false)", evse=evse_id)
+                    return TokenOutcome.USED_TO_REAUTHORIZE
+                self._ports.stop_transaction(evse.index, StopTransactionRequest(
+                    reason=StopTransactionReason.Local, id_tag=stop_tag))
                 log.info("transaction stopped by its token", evse=evse_id)
                 return TokenOutcome.USED_TO_STOP_TRANSACTION
 
@@ -205,6 +210,11 @@ class TokenJourney:
                         log.info("group authorization pending on EVSE; nothing to stop",
                                  evse=evse_id)
                         return TokenOutcome.REJECTED
+                    if not settings.stop_transaction_on_reswipe:
+                        token.parent_id_token = parent
+                        log.info("token of a running transaction's group presented; it goes "
+                                 "on (stop_transaction_on_reswipe false)", evse=evse_id)
+                        return TokenOutcome.USED_TO_REAUTHORIZE
                     self._ports.stop_transaction(evse.index, StopTransactionRequest(
                         reason=StopTransactionReason.Local, id_tag=token.model_copy()))
                     token.parent_id_token = parent
@@ -332,7 +342,7 @@ class TokenJourney:
             # An EVSE that was authorized for another token, faulted or disabled while this
             # one waited is not a candidate any more.
             free = [e for e in request.waiting_for if self._evses[e].is_available()]
-            evse_id = first_plugged(self._plug_in_queue, free)
+            evse_id = plugged_for(self._settings.selection_algorithm, self._plug_in_queue, free)
             if evse_id is None:
                 continue
             self._unpark(request)

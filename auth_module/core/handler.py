@@ -104,6 +104,10 @@ class AuthHandler:
         with self._core.lock:
             self.settings.prioritize_authorization_over_stopping_transaction = value
 
+    def set_stop_transaction_on_reswipe(self, value: bool) -> None:
+        with self._core.lock:
+            self.settings.stop_transaction_on_reswipe = value
+
     # --- tokens and authorizations ------------------------------------------------------------
 
     def on_validation_result_update(self, update: ValidationResultUpdate) -> None:

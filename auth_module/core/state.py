@@ -30,6 +30,7 @@ class AuthSettings:
     prioritize_authorization_over_stopping_transaction: bool = True
     ignore_connector_faults: bool = False
     plug_in_timeout_enabled: bool = False
+    stop_transaction_on_reswipe: bool = True  # false: a re-presented token reports UsedToReauthorize
 
     def __setattr__(self, name: str, value: Any) -> None:
         # The one place where an empty master pass group means "none" (EVerest's "").

@@ -27,6 +27,7 @@ class TokenOutcome(StrEnum):
     TIMEOUT = "TIMEOUT"
     NO_CONNECTOR_AVAILABLE = "NO_CONNECTOR_AVAILABLE"
     WITHDRAWN = "WITHDRAWN"
+    USED_TO_REAUTHORIZE = "USED_TO_REAUTHORIZE"  # matched a running transaction, left it running
     PENDING = "PENDING"  # accepted, waiting for a car to be plugged in; the final status follows
     VALIDATING = "VALIDATING"  # the validators are still being asked; the final status follows
 
@@ -38,6 +39,7 @@ FINAL_STATUS: dict[TokenOutcome, TokenValidationStatus] = {
     TokenOutcome.USED_TO_START_TRANSACTION: TokenValidationStatus.UsedToStart,
     TokenOutcome.USED_TO_STOP_TRANSACTION: TokenValidationStatus.UsedToStop,
     TokenOutcome.WITHDRAWN: TokenValidationStatus.Withdrawn,
+    TokenOutcome.USED_TO_REAUTHORIZE: TokenValidationStatus.UsedToReauthorize,
 }
 
 

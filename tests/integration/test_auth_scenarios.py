@@ -53,6 +53,7 @@ QUIET_S = CONNECTION_TIMEOUT + 0.5  # to show a timer-driven status does NOT com
 
 PROCESSING, ACCEPTED, REJECTED = "Processing", "Accepted", "Rejected"
 TIMED_OUT, USED_TO_START, USED_TO_STOP, WITHDRAWN = "TimedOut", "UsedToStart", "UsedToStop", "Withdrawn"
+USED_TO_REAUTHORIZE = "UsedToReauthorize"
 
 PREFIX = "everest/"
 FIXTURE_CONFIG = {
@@ -876,10 +877,16 @@ def test_withdraw_authorization(station: Callable[..., Station]) -> None:
 
     assert st.withdraw(evse_id=1) == "Accepted"
     st.expect_authorized({1: False})
+    # its token hears of it, as a timed-out one does (EVerest #2499)
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START, WITHDRAWN])
+    withdrawn = st.token_of(VALID_TOKEN_1, WITHDRAWN)
+    assert withdrawn["connectors"] == [1]
+    assert withdrawn["parent_id_token"] == id_token(PARENT_ID_TOKEN)
 
     st.event(1, "Deauthorized")
     assert st.withdraw(evse_id=1) == "AuthorizationNotFound"
 
+    assert st.statuses(VALID_TOKEN_1) == [PROCESSING, ACCEPTED, USED_TO_START, WITHDRAWN]
     assert len(st.sent_to(1, "withdraw_authorization")) == 1  # Call(0) Times(1)
     assert st.sent_to(1, "stop_transaction") == [] and st.sent_to(2, "stop_transaction") == []
     st.only_tokens(VALID_TOKEN_1)
@@ -1098,6 +1105,7 @@ def test_case_insensitive_withdraw_authorization(station: Callable[..., Station]
     assert st.withdraw(evse_id=1, id_token=id_token("valid_RFID_1")) == "Accepted"
 
     st.expect_authorized({1: False})
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START, WITHDRAWN])  # EVerest #2499
     assert len(st.sent_to(1, "withdraw_authorization")) == 1  # Call(0) Times(1)
     st.only_tokens(VALID_TOKEN_1)
 
@@ -1144,3 +1152,67 @@ def test_plug_events_lifo_selects_most_recent_plugin(station: Callable[..., Stat
     assert st.token_of(VALID_TOKEN_1, USED_TO_START)["connectors"] == [1]
     st.expect_authorized({1: True, 2: False})
     st.only_tokens(VALID_TOKEN_1)
+
+
+# --- EVerest 2026: stop_transaction_on_reswipe (PR #2530) -------------------------------------
+
+NO_RESWIPE_STOP = {"stop_transaction_on_reswipe": False}
+
+
+def test_reswipe_publishes_used_to_reauthorize(station: Callable[..., Station]) -> None:
+    """auth_tests.cpp test_reswipe_publishes_used_to_reauthorize: with stop_transaction_on_reswipe false the card swiped again leaves its transaction running, UsedToReauthorize on every swipe."""
+    st = station(config=NO_RESWIPE_STOP)
+    st.plug_in(1)
+    token = st.swipe(VALID_TOKEN_1, [1, 2])
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START])
+    st.expect_authorized({1: True, 2: False})
+    st.transaction_started(1, token)
+
+    st.swipe(VALID_TOKEN_1, [1, 2])  # second swipe: not a stop
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START, PROCESSING, USED_TO_REAUTHORIZE])
+    st.swipe(VALID_TOKEN_1, [1, 2])  # third swipe: the same again
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START, PROCESSING, USED_TO_REAUTHORIZE,
+                              PROCESSING, USED_TO_REAUTHORIZE])
+    for n in (0, 1):
+        assert st.token_of(VALID_TOKEN_1, USED_TO_REAUTHORIZE, n)["connectors"] == [1]
+    st.expect_authorized({1: True, 2: False})
+    assert st.sent_to(1, "stop_transaction") == [] and st.sent_to(2, "stop_transaction") == []
+    st.only_tokens(VALID_TOKEN_1)
+
+
+def test_parent_id_reswipe_publishes_used_to_reauthorize(station: Callable[..., Station]) -> None:
+    """auth_tests.cpp test_parent_id_reswipe_publishes_used_to_reauthorize: a card of the same group does not stop the transaction either."""
+    st = station(config=NO_RESWIPE_STOP)
+    st.plug_in(1)
+    token1 = st.swipe(VALID_TOKEN_1, [1, 2])
+    st.expect(VALID_TOKEN_1, [PROCESSING, ACCEPTED, USED_TO_START])
+    st.transaction_started(1, token1)
+    st.expect_authorized({1: True, 2: False})
+
+    st.swipe(VALID_TOKEN_3, [1, 2])
+    st.expect(VALID_TOKEN_3, [PROCESSING, USED_TO_REAUTHORIZE])
+    reported = st.token_of(VALID_TOKEN_3, USED_TO_REAUTHORIZE)
+    assert reported["connectors"] == [1]
+    assert reported["parent_id_token"]["value"] == PARENT_ID_TOKEN
+    st.expect_authorized({1: True, 2: False})
+    assert st.sent_to(1, "stop_transaction") == [] and st.sent_to(2, "stop_transaction") == []
+    assert st.statuses(VALID_TOKEN_1) == [PROCESSING, ACCEPTED, USED_TO_START]
+    st.only_tokens(VALID_TOKEN_1, VALID_TOKEN_3)
+
+
+def test_master_pass_still_stops_when_reswipe_stop_disabled(station: Callable[..., Station]) -> None:
+    """auth_tests.cpp test_master_pass_still_stops_when_reswipe_stop_disabled: the master pass group stops transactions anyway."""
+    st = station(config=NO_RESWIPE_STOP)  # prioritize_authorization_over_stopping_transaction: false
+    st.set_master_pass_group_id(PARENT_ID_TOKEN)
+    st.plug_in(1)
+
+    token2 = st.swipe(VALID_TOKEN_2)
+    st.expect(VALID_TOKEN_2, [PROCESSING, ACCEPTED, USED_TO_START])
+    st.transaction_started(1, token2)
+
+    st.swipe(VALID_TOKEN_1)  # its parent is the master pass group
+    st.expect(VALID_TOKEN_1, [PROCESSING, USED_TO_STOP])
+    st.expect_authorized({1: False, 2: False})
+    [stop] = st.sent_to(1, "stop_transaction")
+    assert stop["request"]["reason"] == "MasterPass"
+    st.only_tokens(VALID_TOKEN_2, VALID_TOKEN_1)

@@ -107,6 +107,11 @@ def test_demo_plays_every_scene_against_a_running_broker(
     assert _lines_with(out, r"auth -> Rejected: EVSE 2 is reserved for another card"), why
     assert "authorize_response Accepted (reservation 4242)" in out, why
     assert "Reservation 4242 was used: accepted and used by VALID_RFID_2." in out, why
+    # scene 6: stop_transaction_on_reswipe false, after a restart of the module
+    assert _lines_with(out, r"auth-module restarted \(pid \d+\) and ready again"), why
+    assert _lines_with(out, r"auth -> UsedToReauthorize on EVSE 1: the card belongs to this "
+                            r"charge, which goes on"), why
+    assert "EVSE 1 received no stop_transaction: still charging." in out, why
 
     assert "Done: every scene went as expected." in out, why
     assert "The auth module stopped on SIGTERM with exit status 0." in out, why

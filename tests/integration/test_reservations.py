@@ -887,6 +887,38 @@ def test_store_load_reservations(station: Callable[..., Station]) -> None:
     assert st.updates()[base:] == []
 
 
+def test_store_load_evse_specific_reservation_without_global(station: Callable[..., Station]) -> None:
+    """reservation_tests.cpp store_load_evse_specific_reservation_without_global (EVerest
+    #2293): an EVSE-specific reservation alone comes back after a restart, and its EVSE
+    manager is told again."""
+    st = station(TWO_COMBINED)
+    assert st.create(2, "cCCS2") == A  # C++ evse 1
+    base = len(st.updates())
+    m = st.mark()
+    st.restart()
+    assert st.exists("TOKEN_0", 2) == FOR_TOKEN
+    wait_until(lambda: [a["reservation_id"] for a in st.sent_to(2, "reserve", m)] == [0],
+               message="the restored reservation sent to EVSE 2 again")
+    assert st.create(2, "cCCS2") == O  # EVSE 2 is still held
+    st.barrier()
+    assert st.updates()[base:] == []
+
+
+def test_cancelled_reservation_not_resurrected_after_reload(station: Callable[..., Station]) -> None:
+    """reservation_tests.cpp cancelled_reservation_not_resurrected_after_reload (EVerest
+    #2293): the last reservation cancelled, a restart brings nothing back."""
+    st = station(TWO_COMBINED)
+    assert st.create(2, "cCCS2") == A  # reservation id 0
+    assert st.cancel(0) is True
+    assert st.exists("TOKEN_0", 2) == NOT_RESERVED
+    m = st.mark()
+    st.restart()
+    assert st.exists("TOKEN_0", 2) == NOT_RESERVED
+    assert st.exists("TOKEN_0") == NOT_RESERVED
+    assert st.charging_possible(2)
+    assert st.sent_to(2, "reserve", m) == []
+
+
 def test_store_load_reservations_connector_unavailable(station: Callable[..., Station]) -> None:
     """EVSE 2 (C++ 1) faulted when the module comes back: its reservation is cancelled
     (Removed, and its manager told), the station-wide one is kept.

@@ -72,6 +72,7 @@ S = TokenValidationStatus
 O = TokenOutcome
 PROCESSING, ACCEPTED, REJECTED = S.Processing, S.Accepted, S.Rejected
 TIMED_OUT, USED_TO_START, USED_TO_STOP, WITHDRAWN = S.TimedOut, S.UsedToStart, S.UsedToStop, S.Withdrawn
+USED_TO_REAUTHORIZE = S.UsedToReauthorize
 
 
 def expect_statuses(ports: RecordingPorts, expected: dict[str, list[TokenValidationStatus]]) -> None:
@@ -782,7 +783,8 @@ def test_subsequent_valid_tokens(auth: AuthHandler, ports: RecordingPorts) -> No
 
 
 def test_withdraw_authorization(auth: AuthHandler, ports: RecordingPorts) -> None:
-    """A granted authorization without transaction is withdrawn; a second withdrawal finds nothing."""
+    """A granted authorization without transaction is withdrawn, and its token hears so
+    (Withdrawn, EVerest #2499); a second withdrawal finds nothing."""
     plug_in(auth, 1)
     assert auth.on_token(make_token(VALID_TOKEN_1, [1])) == O.USED_TO_START_TRANSACTION
     assert authorized(ports) == [True, False]
@@ -794,7 +796,10 @@ def test_withdraw_authorization(auth: AuthHandler, ports: RecordingPorts) -> Non
     auth.on_session_event(1, deauthorized())
     assert auth.withdraw_authorization(request) == WithdrawAuthorizationResult.AuthorizationNotFound
 
-    expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START]})
+    expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START, WITHDRAWN]})
+    [withdrawn] = ports.tokens_of(VALID_TOKEN_1, WITHDRAWN)
+    assert withdrawn["connectors"] == [1]
+    assert withdrawn["parent_id_token"]["value"] == PARENT_ID_TOKEN
     assert ports.withdrawn == [0]
     assert ports.stops == []
 
@@ -990,7 +995,8 @@ def test_case_insensitive_withdraw_authorization(auth: AuthHandler, ports: Recor
     assert result == WithdrawAuthorizationResult.Accepted
     assert not ports.is_authorized(0)
     assert ports.withdrawn == [0]
-    expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START]})
+    # the granted token's own value, whatever case the withdrawal used (EVerest #2499)
+    expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START, WITHDRAWN]})
 
 
 def test_case_insensitive_reservation_matching(
@@ -1035,3 +1041,82 @@ def test_plug_events_lifo_selects_most_recent_plugin(
 
     expect_statuses(ports, {VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START]})
     assert authorized(ports) == [True, False]
+
+
+# --- EVerest 2026: stop_transaction_on_reswipe (PR #2530) -------------------------------------
+
+
+def test_reswipe_publishes_used_to_reauthorize(auth: AuthHandler, ports: RecordingPorts) -> None:
+    """stop_transaction_on_reswipe false: the card swiped again leaves its transaction running and
+    is reported UsedToReauthorize with the transaction's EVSE, on every further swipe too."""
+    auth.set_stop_transaction_on_reswipe(False)
+    token = make_token(VALID_TOKEN_1, [1, 2])
+    plug_in(auth, 1)
+
+    assert auth.on_token(token) == O.USED_TO_START_TRANSACTION
+    assert authorized(ports) == [True, False]
+    auth.on_session_event(1, transaction_started(token))
+
+    assert auth.on_token(token) == O.USED_TO_REAUTHORIZE  # the second swipe
+    assert authorized(ports) == [True, False]
+    assert auth.on_token(token) == O.USED_TO_REAUTHORIZE  # and a third
+    assert authorized(ports) == [True, False]
+
+    expect_statuses(ports, {VALID_TOKEN_1: [
+        PROCESSING, ACCEPTED, USED_TO_START,
+        PROCESSING, USED_TO_REAUTHORIZE,
+        PROCESSING, USED_TO_REAUTHORIZE]})
+    for reported in ports.tokens_of(VALID_TOKEN_1, USED_TO_REAUTHORIZE):
+        assert reported["connectors"] == [1]
+        assert reported["parent_id_token"]["value"] == PARENT_ID_TOKEN
+    assert ports.stops == []
+
+
+def test_parent_id_reswipe_publishes_used_to_reauthorize(auth: AuthHandler, ports: RecordingPorts) -> None:
+    """stop_transaction_on_reswipe false: a card of the same group does not stop the transaction
+    either; it is reported UsedToReauthorize with the transaction's EVSE."""
+    auth.set_stop_transaction_on_reswipe(False)
+    token1 = make_token(VALID_TOKEN_1, [1, 2])
+    token3 = make_token(VALID_TOKEN_3, [1, 2])
+    plug_in(auth, 1)
+
+    # EVerest runs the swipe and TransactionStarted in two threads and joins both
+    assert auth.on_token(token1) == O.USED_TO_START_TRANSACTION
+    auth.on_session_event(1, transaction_started(token1))
+    assert authorized(ports) == [True, False]
+
+    assert auth.on_token(token3) == O.USED_TO_REAUTHORIZE
+    assert authorized(ports) == [True, False]
+
+    expect_statuses(ports, {
+        VALID_TOKEN_1: [PROCESSING, ACCEPTED, USED_TO_START],
+        VALID_TOKEN_3: [PROCESSING, USED_TO_REAUTHORIZE],
+    })
+    [reported] = ports.tokens_of(VALID_TOKEN_3, USED_TO_REAUTHORIZE)
+    assert reported["connectors"] == [1]
+    assert reported["parent_id_token"]["value"] == PARENT_ID_TOKEN
+    assert ports.stops == []
+
+
+def test_master_pass_still_stops_when_reswipe_stop_disabled(
+    auth: AuthHandler, ports: RecordingPorts
+) -> None:
+    """stop_transaction_on_reswipe false does not protect a transaction from the master pass group."""
+    auth.set_master_pass_group_id(PARENT_ID_TOKEN)
+    auth.set_prioritize_authorization_over_stopping_transaction(False)
+    auth.set_stop_transaction_on_reswipe(False)
+    plug_in(auth, 1)
+
+    token2 = make_token(VALID_TOKEN_2)
+    assert auth.on_token(token2) == O.USED_TO_START_TRANSACTION
+    auth.on_session_event(1, transaction_started(token2))
+
+    assert auth.on_token(make_token(VALID_TOKEN_1)) == O.USED_TO_STOP_TRANSACTION
+
+    expect_statuses(ports, {
+        VALID_TOKEN_2: [PROCESSING, ACCEPTED, USED_TO_START],
+        VALID_TOKEN_1: [PROCESSING, USED_TO_STOP],
+    })
+    assert authorized(ports) == [False, False]
+    [(index, request)] = ports.stops
+    assert index == 0 and request.reason == StopTransactionReason.MasterPass

@@ -1,4 +1,4 @@
-"""Core behaviour that EVerest's 47 AuthHandler scenarios do not cover."""
+"""Core behaviour that EVerest's AuthHandler scenarios do not cover."""
 
 from __future__ import annotations
 
@@ -994,3 +994,108 @@ def test_withdrawn_while_validating_ends_withdrawn_when_the_answer_comes(
     ports.answer(VALID_TOKEN_1, [accepted()])
     assert ports.statuses_of(VALID_TOKEN_1)[-1] == TokenValidationStatus.Withdrawn
     assert auth.token_count == 0
+
+
+# --- EVerest 2026 features, beyond its own scenarios ----------------------------------------
+
+
+def test_select_evse_plug_events_lifo_and_fifo_pure() -> None:
+    """PlugEvents takes the oldest plug-in among the candidates, PlugEventsLIFO the newest;
+    plug-ins at EVSEs that are not candidates do not count; nothing plugged in: wait."""
+    evses = {i: EvseState(evse_id=i, index=i - 1, connectors=[Connector(1)]) for i in (1, 2, 3)}
+    queue = [3, 1, 2]  # EVSE 3 first, EVSE 2 last
+    assert select_evse(SelectionAlgorithm.PlugEvents, [1, 2], evses, queue) == 1
+    assert select_evse(SelectionAlgorithm.PlugEventsLIFO, [1, 2], evses, queue) == 2
+    assert select_evse(SelectionAlgorithm.PlugEventsLIFO, [1, 3], evses, queue) == 1
+    assert select_evse(SelectionAlgorithm.PlugEventsLIFO, [1, 2], evses, [3]) == WAIT
+
+
+def test_plug_events_lifo_three_cars_take_turns_newest_first(
+    make_auth: MakeAuth, ports: RecordingPorts
+) -> None:
+    """Three cars plugged in one after the other: each token goes to the newest car still waiting
+    (two cards of different groups: a third of VALID_RFID_1's group would meet its authorization)."""
+    auth = make_auth(everest_settings(selection_algorithm=SelectionAlgorithm.PlugEventsLIFO,
+                                      plug_in_timeout_enabled=False), THREE_EVSES)
+    for evse_id in (2, 3, 1):
+        plug_in(auth, evse_id)
+    for value in (VALID_TOKEN_1, VALID_TOKEN_2):
+        assert auth.on_token(make_token(value, [1, 2, 3])) == O.USED_TO_START_TRANSACTION
+    assert accepted_indices(ports) == [0, 2]  # EVSE 1 (newest), then EVSE 3
+
+
+def test_plug_events_lifo_waiting_token_takes_the_car_that_comes(
+    make_auth: MakeAuth, ports: RecordingPorts
+) -> None:
+    """A LIFO token that waits for a car takes the one plugged in next."""
+    auth = make_auth(everest_settings(selection_algorithm=SelectionAlgorithm.PlugEventsLIFO))
+    assert auth.on_token(make_token(VALID_TOKEN_1, [1, 2])) == O.PENDING
+    plug_in(auth, 2)
+    assert ports.statuses_of(VALID_TOKEN_1) == [PROCESSING, ACCEPTED, USED_TO_START]
+    assert accepted_indices(ports) == [1]
+
+
+def test_withdraw_granted_by_token_alone_or_everything_publishes_withdrawn(
+    auth: AuthHandler, ports: RecordingPorts
+) -> None:
+    """Withdrawn reaches the token of every granted authorization a request withdraws, by
+    token alone or with neither evse id nor token; one with a transaction is stopped instead."""
+    plug_in(auth, 1)
+    plug_in(auth, 2)
+    token1, token2 = make_token(VALID_TOKEN_1, [1, 2]), make_token(VALID_TOKEN_2, [1, 2])
+    assert auth.on_token(token1) == O.USED_TO_START_TRANSACTION
+    assert auth.on_token(token2) == O.USED_TO_START_TRANSACTION
+
+    assert auth.withdraw_authorization(
+        WithdrawAuthorizationRequest(id_token=id_token("valid_rfid_1"))) == \
+        WithdrawAuthorizationResult.Accepted
+    assert ports.statuses_of(VALID_TOKEN_1)[-1] == WITHDRAWN
+    assert ports.statuses_of(VALID_TOKEN_2)[-1] == USED_TO_START
+
+    start_transaction(auth, 2, token2)
+    assert auth.withdraw_authorization(WithdrawAuthorizationRequest()) == \
+        WithdrawAuthorizationResult.Accepted
+    assert ports.statuses_of(VALID_TOKEN_2)[-1] == USED_TO_START  # stopped, not withdrawn
+    [(index, request)] = ports.stops
+    assert index == 1 and request.reason == StopTransactionReason.DeAuthorized
+    assert ports.statuses_of(VALID_TOKEN_1).count(WITHDRAWN) == 1
+
+
+def test_reswipe_off_group_card_still_starts_on_a_free_evse_when_prioritized(
+    make_auth: MakeAuth, ports: RecordingPorts
+) -> None:
+    """stop_transaction_on_reswipe false changes stops only: with prioritize true and a free
+    EVSE, a card of the running transaction's group starts a charge there."""
+    auth = make_auth(everest_settings(stop_transaction_on_reswipe=False,
+                                      prioritize_authorization_over_stopping_transaction=True))
+    plug_in(auth, 1)
+    token1 = make_token(VALID_TOKEN_1, [1, 2])
+    assert auth.on_token(token1) == O.USED_TO_START_TRANSACTION
+    start_transaction(auth, 1, token1)
+    plug_in(auth, 2)
+
+    assert auth.on_token(make_token(VALID_TOKEN_3, [1, 2])) == O.USED_TO_START_TRANSACTION
+    assert ports.statuses_of(VALID_TOKEN_3) == [PROCESSING, ACCEPTED, USED_TO_START]
+    assert accepted_indices(ports) == [0, 1]
+    assert ports.stops == []
+
+
+def test_reswipe_off_token_keeps_its_transaction_after_an_update(
+    make_auth: MakeAuth, ports: RecordingPorts
+) -> None:
+    """UsedToReauthorize names the transaction's EVSE and its current parent id, also after a
+    validate_result_update changed that parent."""
+    auth = make_auth(everest_settings(stop_transaction_on_reswipe=False))
+    plug_in(auth, 1)
+    token = make_token(VALID_TOKEN_2, [1, 2])
+    assert auth.on_token(token) == O.USED_TO_START_TRANSACTION
+    start_transaction(auth, 1, token)
+    auth.on_validation_result_update(ValidationResultUpdate(
+        validation_result=accepted("NEW_GROUP"), connector_id=1))
+
+    assert auth.on_token(token) == O.USED_TO_REAUTHORIZE
+    [reported] = ports.tokens_of(VALID_TOKEN_2, S.UsedToReauthorize)
+    assert reported["connectors"] == [1]
+    assert reported["parent_id_token"]["value"] == "NEW_GROUP"
+    assert ports.stops == [] and ports.is_authorized(0)
+    assert auth.tokens_in_process() == []

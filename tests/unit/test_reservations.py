@@ -937,11 +937,12 @@ def test_replace_that_fails_still_removes_old(st: Station) -> None:
 
 
 def test_store_written_on_every_change_and_emptied(tmp_path: Path) -> None:
-    """Unlike EVerest, the store is rewritten when the last reservation goes."""
+    """The store is rewritten on every change, also when the last reservation goes (EVerest
+    does so too since #2293)."""
     store = ReservationStore(tmp_path / "r.json")
     st = Station(store)
     evses_ccs_and_type2(st, (1, 2))
-    assert st.reserve(1, T.cCCS2) == R.Accepted  # EVerest would not even store this one
+    assert st.reserve(1, T.cCCS2) == R.Accepted  # stored at once (EVerest only since #2293)
     assert [(e, r.reservation_id) for e, r in store.load()] == [(1, 0)]
     assert st.reserve(None, T.cType2) == R.Accepted
     assert [(e, r.reservation_id) for e, r in store.load()] == [(1, 0), (None, 1)]
