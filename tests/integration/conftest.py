@@ -30,4 +30,4 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
     except PcscdUnusable as exc:
         pytest.skip(f"PC/SC tests need pcscd: {exc}")
     yield daemon
-    daemon.stop()
+    daemon.close()

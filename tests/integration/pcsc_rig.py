@@ -9,10 +9,9 @@ length and a body. A 1-byte body from the reader is a control: 0 power off, 1 po
 with the response APDU. (Debian's ``vicc`` does not run on current Python, so the card is
 written here.)
 
-pcscd listens on /run/pcscd/pcscd.comm (the Debian build ignores PCSCLITE_CSOCK_NAME), so
-only one can run. If one already runs (a system pcscd) it is used, with the vpcd port of
-/etc/reader.conf.d; otherwise ours is started in the foreground with a private reader
-configuration on a free port, and can be stopped and started again by the tests.
+pcscd listens on /run/pcscd/pcscd.comm (the daemon ignores PCSCLITE_CSOCK_NAME; only the
+client library reads it), so :class:`Pcscd` gives ours a /run/pcscd of its own (see there).
+It has a private reader configuration on free ports, and the tests can stop and start it.
 """
 
 from __future__ import annotations
@@ -109,45 +108,42 @@ def wait_reader_empty(reader: str, timeout: float = 10.0) -> None:
         scard.SCardReleaseContext(context)
 
 
+class _LaunchFailed(Exception):
+    pass
+
+
 class PcscdUnusable(Exception):
     """A pcscd runs but the tests cannot use it (a reason to skip, not a failure)."""
 
 
-def _stop_leftover() -> None:
-    """Stop a pcscd that an earlier, interrupted test run started (its private reader
-    configuration is in a pytest directory), so that it is not taken for the system's."""
-    try:
-        pid = int(Path("/run/pcscd/pcscd.pid").read_text().split()[0])
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError, IndexError):
-        return
-    if b"-c" in argv and any(b"pytest-" in a and a.endswith(b"reader.conf.d") for a in argv):
-        os.kill(pid, 15)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
 class Pcscd:
-    """pcscd with vpcd readers: ours (startable, stoppable) or the system's."""
+    """pcscd with vpcd readers: ours (startable, stoppable) or the system's.
+
+    Ours runs, where we may (root and ``unshare``), in a mount namespace of its own with
+    a private directory mounted on /run/pcscd: its socket is then ``<workdir>/run/pcscd.comm``
+    and the clients (this process, and the module it starts) find it through
+    ``PCSCLITE_CSOCK_NAME``. So test sessions running side by side, and a pcscd of the
+    machine, do not meet. Where that is not possible, a running pcscd is used as it is, and
+    otherwise ours is started on the default socket.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
-        _stop_leftover()
-        self.system = socket_answers()
-        if self.system:
-            self.port = self._system_port()
-        else:
-            self.port = free_port_pair()
-            conf = workdir / "reader.conf.d"
-            conf.mkdir(parents=True, exist_ok=True)
-            (conf / "vpcd").write_text(
-                'FRIENDLYNAME "Virtual PCD"\n'
-                f"DEVICENAME   /dev/null:0x{self.port:04X}\n"
-                f"LIBPATH      {VPCD_DRIVER}\n"
-                f"CHANNELID    0x{self.port:04X}\n")
-            self.conf = conf
+        self.run_dir = workdir / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.private = os.geteuid() == 0 and shutil.which("unshare") is not None
+        self.system = False
+        self.port = free_port_pair()
+        conf = workdir / "reader.conf.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "vpcd").write_text(
+            'FRIENDLYNAME "Virtual PCD"\n'
+            f"DEVICENAME   /dev/null:0x{self.port:04X}\n"
+            f"LIBPATH      {VPCD_DRIVER}\n"
+            f"CHANNELID    0x{self.port:04X}\n")
+        self.conf = conf
+        self._env_before = os.environ.get("PCSCLITE_CSOCK_NAME")
 
     @staticmethod
     def _system_port() -> int:
@@ -158,11 +154,41 @@ class Pcscd:
         return 0x8C7B  # vpcd's default, 35963
 
     def start(self, timeout: float = 15.0) -> None:
+        if self.private:
+            try:
+                self._launch(["unshare", "--mount", "sh", "-c",
+                              'mkdir -p /run/pcscd && mount --bind "$1" /run/pcscd '
+                              '&& exec pcscd -f -c "$2"', "sh", str(self.run_dir),
+                              str(self.conf)], timeout)
+                os.environ["PCSCLITE_CSOCK_NAME"] = str(self.run_dir / "pcscd.comm")
+                self._wait_readers(timeout)
+                return
+            except _LaunchFailed:
+                self.private = False  # no namespaces here (a container without the right)
+        if not self.system and socket_answers():
+            self.system, self.port = True, self._system_port()
         if not self.system:
-            log = open(self.workdir / "pcscd.log", "ab")
-            self.proc = subprocess.Popen(["pcscd", "-f", "-c", str(self.conf)], stdout=log,
-                                         stderr=subprocess.STDOUT)
-            log.close()
+            self._launch(["pcscd", "-f", "-c", str(self.conf)], timeout, socket=SOCKET)
+        try:
+            self._wait_readers(timeout)
+        except RuntimeError:
+            if self.system:
+                raise PcscdUnusable("the running pcscd shows no vpcd readers (no vpcd in its "
+                                    "/etc/reader.conf.d, or it refuses this user)") from None
+            raise
+
+    def _launch(self, argv: list[str], timeout: float, socket: Path | None = None) -> None:
+        sock = socket or self.run_dir / "pcscd.comm"
+        with open(self.workdir / "pcscd.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise _LaunchFailed((self.workdir / "pcscd.log").read_text()[-300:])
+            time.sleep(0.05)
+
+    def _wait_readers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -171,9 +197,6 @@ class Pcscd:
             if len([r for r in list_readers() if "Virtual PCD" in r]) >= 2:
                 return
             time.sleep(0.1)
-        if self.system:
-            raise PcscdUnusable("the running pcscd shows no vpcd readers (no vpcd in its "
-                                "/etc/reader.conf.d, or it refuses this user)")
         raise RuntimeError("pcscd did not show the two vpcd readers in time")
 
     def stop(self) -> None:
@@ -185,6 +208,14 @@ class Pcscd:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+    def close(self) -> None:
+        """Stop ours and give the environment back."""
+        self.stop()
+        if self._env_before is None:
+            os.environ.pop("PCSCLITE_CSOCK_NAME", None)
+        else:
+            os.environ["PCSCLITE_CSOCK_NAME"] = self._env_before
 
     def readers(self) -> list[str]:
         return sorted(r for r in list_readers() if "Virtual PCD" in r)
