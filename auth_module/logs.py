@@ -1,7 +1,8 @@
-"""Structured logs: readable on a terminal, JSON lines elsewhere, tokens masked.
+"""Structured logs: readable on a terminal, JSON lines elsewhere, tokens as keyed hashes.
 
 Token values are personal data (a card UID identifies a person), so every log field that
-carries one is masked by a processor before rendering, unless the station file asks for
+carries one is replaced by its keyed hash (``tok:9f3a1c``, see :mod:`.privacy`: no
+character of the value, stable per station) before rendering, unless the station file asks for
 ``logging.show_tokens: true`` (for a bench, never for a public charger). Other modules may
 echo a token inside free text (an error message); the module therefore remembers the token
 values it has seen recently and masks them wherever they appear in a log line.
@@ -18,15 +19,16 @@ from typing import Any
 
 import structlog
 
+from . import privacy
+
 TOKEN_FIELDS = frozenset({"token", "id_token", "parent_id_token", "id_tag"})
 _MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
 
 
 def mask(value: str) -> str:
-    """Keep just enough of a token to tell two cards apart in a log."""
-    if len(value) <= 6:
-        return "***"
-    return f"{value[:2]}…{value[-2:]}"
+    """What a log shows for a token: its keyed hash, enough to tell two cards apart and to
+    follow one card through the log, nothing of the value."""
+    return privacy.current().label(value)
 
 
 # A "word" of free text: what a token can be part of in an error message.

@@ -8,6 +8,7 @@ its position, replay the session events that arrived meanwhile, then publish ``r
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from .core.ports import Runner
 from .everest.link import ManagerLink
 from .logs import remember_token
 from .plugins.base import TokenProvider, TokenValidator
+from .privacy import KeyFileError, TokenPrivacy, load_or_create_key
+from .privacy import install as install_privacy
 from .schema import InterfaceSchemas
 from .station import BusConnection, Station
 from .stopping import StopSignal, follow
@@ -40,6 +43,11 @@ from .types import (
 )
 
 log = structlog.get_logger("module")
+
+
+def privacy_key_file(station: Station) -> Path:
+    """``<module_id>-privacy.key`` beside the reservation store (docs/security.md)."""
+    return station.reservation_store.parent / f"{station.module_id}-privacy.key"
 
 
 class StartupError(Exception):
@@ -64,9 +72,11 @@ class AuthModule:
         # token_backlog waiting): the thread that reads a token becomes its thread. No
         # thread waits for a validator, so the tokens being validated (or waiting for a car)
         # are bounded separately, by the same total.
-        self.bus = BusClient(module_id=station.module_id, host=station.mqtt.host,
-                             port=station.mqtt.port, prefix=station.mqtt.prefix,
-                             work_threads=token_workers, work_backlog=token_backlog)
+        self.bus = BusClient(module_id=station.module_id, prefix=station.mqtt.prefix,
+                             work_threads=token_workers, work_backlog=token_backlog,
+                             access=station.broker)
+        for warning in station.broker.warnings:
+            log.warning(warning)
         self.runner: Runner = self.bus  # where each token runs: a thread of the bus crew
         self.clock = clock or RealClock()
         self.schemas = InterfaceSchemas.load()
@@ -88,10 +98,24 @@ class AuthModule:
             stop_transaction_on_reswipe=cfg.stop_transaction_on_reswipe,
         )
         self.handler = AuthHandler(settings, self.clock, self.ports,
-                                   ReservationStore(station.reservation_store))
+                                   ReservationStore(station.reservation_store,
+                                                    privacy=self._privacy()))
         self.gate = StartupGate()
         self.ready = threading.Event()
         self.max_tokens_in_process = token_workers + token_backlog
+
+    def _privacy(self) -> TokenPrivacy:
+        """The station's keyed hashes for tokens (logs, store), the key beside the store."""
+        path = privacy_key_file(self.station)
+        try:
+            key, notes = load_or_create_key(path)
+        except KeyFileError as exc:
+            raise self.station.error("reservations.store", str(exc)) from None
+        for note in notes:
+            log.info(note)
+        keyed = TokenPrivacy(key)
+        install_privacy(keyed)
+        return keyed
 
     # --- plugins -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from auth_module.broker_access import AccessProblem, BrokerAccess, MqttSettings, resolve_broker
 from auth_module.types import SelectionAlgorithm
 
 __all__ = [
@@ -133,33 +134,6 @@ class _Section(BaseModel):
 
 
 # --- sections ------------------------------------------------------------------------------
-
-
-class MqttSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "everest/"
-
-    @field_validator("port", mode="before")
-    @classmethod
-    def _port(cls, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            raise ValueError(f"must be an integer between 1 and 65535 (got {_show(value)})")
-        return value
-
-    @field_validator("host", mode="before")
-    @classmethod
-    def _host(cls, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"must be a host name or address (got {_show(value)})")
-        return value.strip()
-
-    @field_validator("prefix", mode="before")
-    @classmethod
-    def _prefix(cls, value: Any) -> str:
-        if not isinstance(value, str) or any(c in value for c in "+#"):
-            raise ValueError(f"must be a topic prefix without '+' or '#' (got {_show(value)})")
-        return value
 
 
 _IMPLEMENTED_SELECTION = (SelectionAlgorithm.PlugEvents, SelectionAlgorithm.PlugEventsLIFO,
@@ -341,6 +315,7 @@ class Station(_Section):
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="station file")
+    _broker: BrokerAccess | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -361,6 +336,13 @@ class Station(_Section):
     def source(self) -> str:
         """The station file's path as it was given (used in error messages)."""
         return self._source
+
+    @property
+    def broker(self) -> BrokerAccess:
+        """The broker connection, checked and resolved (``mqtt`` section, CONTRACT §2.1)."""
+        if self._broker is None:
+            self._broker = resolve_broker(self.mqtt, self._base_dir, self.module_id)
+        return self._broker
 
     @property
     def evse_managers(self) -> list[BusConnection]:
@@ -533,4 +515,8 @@ def station_from_data(data: dict[str, Any], source: str, base_dir: Path) -> Stat
         raise StationError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}") from None
     station._base_dir = base_dir
     station._source = source
+    try:
+        station._broker = resolve_broker(station.mqtt, station._base_dir, station.module_id)
+    except AccessProblem as exc:
+        raise StationError(f"{source}: {exc.key}: {exc.problem}") from None
     return station

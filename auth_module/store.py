@@ -8,6 +8,13 @@ One small JSON file, rewritten whole on every change::
 Writes are atomic (temp file in the same directory, fsync, ``os.replace``, fsync of the
 directory): a power cut leaves either the old file or the new one, never half of one.
 
+Token values are personal data: with a :class:`~auth_module.privacy.TokenPrivacy` (the
+module always gives one) the file holds a reservation's ``id_token`` and
+``parent_id_token`` only as keyed hashes (``hmac-sha256:...`` of the case-folded value),
+which is all that matching needs (:meth:`ReservationStore.token_matches`). A file written
+before that, with raw values, is read as it is and rewritten with hashes on the first
+start (the reservation book saves once after loading).
+
 Reading never raises. A missing file is the normal first start. A file we cannot use
 (bad JSON, wrong shape, an invalid reservation, unreadable) is logged once and moved
 aside to ``<name>.corrupt-<UTC timestamp>`` so that an operator can look at it, and the
@@ -26,7 +33,8 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from .types import Reservation, to_wire
+from .privacy import TokenPrivacy, is_digest
+from .types import Reservation, same_token, to_wire
 
 log = structlog.get_logger("store")
 
@@ -42,8 +50,16 @@ class CorruptStoreError(ValueError):
 class ReservationStore:
     """Load and save the current reservations as one JSON file at ``path``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, privacy: TokenPrivacy | None = None) -> None:
         self.path = Path(path)
+        self._privacy = privacy
+
+    def token_matches(self, stored: str | None, value: str | None) -> bool:
+        """Whether a reservation's token as stored (a value, or a keyed hash after a
+        restart) is ``value``, case-insensitively."""
+        if self._privacy is not None:
+            return self._privacy.matches(stored, value)
+        return same_token(stored, value)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -58,10 +74,17 @@ class ReservationStore:
             self._set_aside(f"unreadable: {exc!r}")
             return []
         try:
-            return _parse(text)
+            items = _parse(text)
         except CorruptStoreError as exc:
             self._set_aside(str(exc))
             return []
+        raw = sum(1 for _, r in items for v in (r.id_token, r.parent_id_token)
+                  if v is not None and not is_digest(v))
+        if raw and self._privacy is not None:
+            log.info("reservation store holds token values; rewriting it with keyed hashes",
+                     path=str(self.path), values=raw)
+            self.save(items)
+        return items
 
     def _remove_stale_temp_files(self) -> None:
         """A kill in the middle of :meth:`save` leaves its temp file behind; the store itself
@@ -110,7 +133,7 @@ class ReservationStore:
         document = {
             "version": FORMAT_VERSION,
             "reservations": [
-                {"evse_id": evse_id, "reservation": to_wire(reservation)}
+                {"evse_id": evse_id, "reservation": self._private(to_wire(reservation))}
                 for evse_id, reservation in items
             ],
         }
@@ -121,6 +144,14 @@ class ReservationStore:
             log.error("could not save reservations", path=str(self.path), error=repr(exc))
             return False
         return True
+
+    def _private(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """The reservation as written: its tokens as keyed hashes."""
+        if self._privacy is not None:
+            for key in ("id_token", "parent_id_token"):
+                if isinstance(wire.get(key), str):
+                    wire[key] = self._privacy.digest(wire[key])
+        return wire
 
     def _write_atomically(self, data: bytes) -> None:
         directory = self.path.parent

@@ -428,9 +428,12 @@ class Echo:
 
 
 def write_station(path: Path, host: str, port: int, store: Path,
-                  log_level: str = "warning") -> None:
+                  log_level: str = "warning", persistent_session: bool = False) -> None:
+    mqtt_keys: dict[str, Any] = {"host": host, "port": port, "prefix": PREFIX}
+    if persistent_session:
+        mqtt_keys["persistent_session"] = True
     station = {
-        "mqtt": {"host": host, "port": port, "prefix": PREFIX},
+        "mqtt": mqtt_keys,
         "module_id": MODULE_ID,
         "config": {"selection_algorithm": "FindFirst", "connection_timeout": 30},
         "connections": {
@@ -478,7 +481,7 @@ def _cpu_snapshot() -> tuple[float, float] | None:
 def run(tokens: int, warmup: int, progress: bool,
         module_command: list[str] | None = None,
         samples_path: Path | None = None, log_level: str = "warning",
-        status_listener: bool = False) -> dict[str, Any]:
+        status_listener: bool = False, persistent_session: bool = False) -> dict[str, Any]:
     command = module_command or [AUTH_MODULE]
     load_before = os.getloadavg()
     fingerprint = source_fingerprint()
@@ -492,7 +495,8 @@ def run(tokens: int, warmup: int, progress: bool,
     with Mosquitto() as broker:
         host, port = broker.host, broker.port
         try:
-            write_station(station_path, host, port, tmp / "reservations.json", log_level)
+            write_station(station_path, host, port, tmp / "reservations.json", log_level,
+                          persistent_session)
             validator = Validator(host, port)
             validator.start()
             evse = EvseStandIn(host, port)
@@ -616,6 +620,7 @@ def run(tokens: int, warmup: int, progress: bool,
         "warmup": warmup,
         "qos": QOS,
         "subscribe_qos": SUBSCRIBE_QOS,
+        "persistent_session": persistent_session,
         "token_ms": token,
         "echo_ms": echo_s,
         "ratio_p50": ratio,
@@ -646,6 +651,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"token latency bench: {r['tokens']} tokens after {r['warmup']} warm-up, QoS {r['qos']} "
         f"(subscriptions {r['subscribe_qos']}), "
+        f"module persistent session {'on' if r.get('persistent_session') else 'off'}, "
         f"module log level {r['module_log_level']}, "
         f"{r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average "
         f"{r['machine']['loadavg_before'][0]:.2f} before / "
@@ -702,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="how to start the module instead of the auth-module script (split "
                         "like a shell; '--config STATION' is appended), e.g. to compare a "
                         "candidate build")
+    p.add_argument("--persistent-session", action="store_true",
+                   help="run the module with mqtt.persistent_session: true (fixed client id, "
+                        "clean session off, its subscriptions at QoS 1)")
     args = p.parse_args(argv)
     if args.tokens < 1 or args.warmup < 0:
         p.error("--tokens must be >= 1 and --warmup >= 0")
@@ -710,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args.tokens, args.warmup, progress=not args.json,
                      module_command=shlex.split(args.module_command) if args.module_command
                      else None, samples_path=args.samples, log_level=args.log_level,
-                     status_listener=args.status_listener)
+                     status_listener=args.status_listener,
+                     persistent_session=args.persistent_session)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         for note in getattr(exc, "__notes__", ()):

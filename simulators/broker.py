@@ -38,8 +38,16 @@ def find_mosquitto() -> str:
 class Mosquitto:
     """``with Mosquitto() as broker:`` — a broker on ``broker.host:broker.port``."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", executable: str | None = None) -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", executable: str | None = None,
+                 extra_conf: list[str] | None = None) -> None:
+        """``extra_conf``: more lines for mosquitto.conf (more listeners, a password file...).
+
+        With extra lines the file starts with ``per_listener_settings true``: the plain
+        listener on ``port`` stays open to anonymous clients (simulators, readiness check),
+        and each extra listener carries its own ``allow_anonymous``, ``password_file``...
+        """
         self.host = host
+        self.extra_conf = list(extra_conf or [])
         self.port = port if port is not None else free_port(host)
         self._exe = executable or find_mosquitto()
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
@@ -50,7 +58,8 @@ class Mosquitto:
         self._write_conf()
 
     def _write_conf(self) -> None:
-        lines = [
+        lines = ["per_listener_settings true"] if self.extra_conf else []
+        lines += [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             "set_tcp_nodelay true",
@@ -65,7 +74,18 @@ class Mosquitto:
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # As root, mosquitto 2 switches to user "mosquitto", who cannot write our temp dir.
             lines.append("user root")
+        lines += self.extra_conf
         self.conf_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def dir(self) -> Path:
+        """The broker's own temp dir (removed by :meth:`close`): a place for its files."""
+        return self._dir
+
+    def reconfigure(self, extra_conf: list[str]) -> None:
+        """Replace the extra lines (takes effect at the next :meth:`start`)."""
+        self.extra_conf = list(extra_conf)
+        self._write_conf()
 
     @property
     def running(self) -> bool:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 
+from ..broker_access import BrokerAccess
 from ..stopping import StopSignal
 from ..text import exception_line
 from .envelopes import (
@@ -47,8 +47,9 @@ from .envelopes import (
     var_topic,
 )
 from .errors import BusError, CallOutcome, CommandError, CommandTimeout, NotConnected
+from .connection import back_off_for, log_fields, new_paho_client, target
 from .incoming import CommandHandler, IncomingCommands, Validator
-from .link import LinkLog, set_nodelay
+from .link import LinkWatch
 from .netloop import NetworkLoop
 from .outgoing import OutgoingCalls
 from .subscriptions import ErrorHandler, RawHandler, VarHandler, error_dispatch, var_dispatch
@@ -63,12 +64,11 @@ __all__ = [
 ]
 
 
-_RECONNECT_MIN_S = 0.1
-_RECONNECT_MAX_S = 5.0
 _KEEPALIVE_S = 30
 _MAX_INFLIGHT = 100
 _MAX_QUEUED = 10_000  # bounds memory while the broker is away; paho resends these on reconnect
-# What we subscribe with. Our session is clean, so QoS 1 towards us would add nothing:
+# What we subscribe with (QoS 1 with a persistent session: the broker then queues for us
+# what arrives while we are away). A clean session makes QoS 1 towards us add nothing:
 # a message the broker holds for us dies with the connection either way. It would only add
 # a PUBACK per message, written before anything the message's handler publishes: a token
 # or a validator's answer would then wait for its acknowledgement to leave first. (What we
@@ -91,20 +91,24 @@ class BusClient:
         logger: Any = None,
         work_threads: int = 8,
         work_backlog: int = 64,
+        access: BrokerAccess | None = None,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
         if command_workers < 1:
             raise ValueError(f"command_workers must be >= 1, got {command_workers!r}")
         self.module_id = module_id
-        self.host = host
-        self.port = int(port)
+        # How to reach the broker (socket, TLS, credentials, session; bus/connection.py);
+        # host and port alone when not given, as the simulators and tools use it.
+        self.access = access if access is not None else BrokerAccess(host=host, port=int(port))
+        self.host, self.port = self.access.host, self.access.port
+        self._sub_qos = 1 if self.access.persistent_session else SUBSCRIBE_QOS
         self.prefix = prefix
         self.qos = qos
         self.on_connection_change: Callable[[bool], None] | None = None
         self._log = logger if logger is not None else structlog.get_logger("bus")
         self._log = self._log.bind(module_id=module_id)
-        self._link_log = LinkLog(self._log)
+        self._link = LinkWatch(self._log, self.access)
 
         # State shared with the reading thread. _lock guards subscriptions and lifecycle flags.
         self._lock = threading.Lock()
@@ -121,24 +125,19 @@ class BusClient:
         self._exact: dict[str, tuple[Callable[[str, bytes], None], ...]] = {}
         self._raw: tuple[tuple[str, RawHandler], ...] = ()
 
-        client_id = f"{module_id}-{uuid.uuid4().hex[:12]}"  # unique: two processes must not kick each other
-        self._mqtt = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
-        self._mqtt.max_inflight_messages_set(_MAX_INFLIGHT)
-        self._mqtt.max_queued_messages_set(_MAX_QUEUED)
+        self._mqtt = new_paho_client(module_id, self.access, _MAX_INFLIGHT, _MAX_QUEUED)
         self._mqtt.on_socket_open = self._on_socket_open
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_disconnect = self._on_disconnect
         self._mqtt.on_subscribe = self._on_subscribe
         self._mqtt.on_message = self._on_message
         # The reader plus up to work_threads threads running handed-on work (run_soon()).
-        self._loop = NetworkLoop(self._mqtt, f"bus-{module_id}", _RECONNECT_MIN_S,
-                                 _RECONNECT_MAX_S, self._on_unreachable,
-                                 max_threads=work_threads + 1, backlog=work_backlog)
+        back_off = back_off_for(self.access)
+        self._loop = NetworkLoop(self._mqtt, f"bus-{module_id}", back_off.first, back_off.cap,
+                                 self._link.unreachable, max_threads=work_threads + 1,
+                                 backlog=work_backlog, refused_max_delay_s=back_off.refused_cap,
+                                 jitter=back_off.jitter)
+        self._link.bind(self._loop)
         self._calls = OutgoingCalls(module_id, prefix, self._publish_call,
                                     self._loop.reads_here, self._log)
         self._commands = IncomingCommands(module_id, prefix, self._publish, command_workers,
@@ -157,8 +156,8 @@ class BusClient:
                 return
             self._started = True
         self._calls.start()
-        self._log.info("bus starting", host=self.host, port=self.port, prefix=self.prefix)
-        self._mqtt.connect_async(self.host, self.port, keepalive=_KEEPALIVE_S)
+        self._log.info("bus starting", prefix=self.prefix, **log_fields(self.access))
+        self._mqtt.connect_async(*target(self.access), keepalive=_KEEPALIVE_S)
         self._loop.start()
 
     def wait_connected(self, timeout: float = 5.0) -> bool:
@@ -337,7 +336,7 @@ class BusClient:
 
     def _send_subscribe(self, filters: list[str]) -> int | None:
         """Send one SUBSCRIBE; caller holds ``_lock`` so the SUBACK cannot beat the mid."""
-        rc, mid = self._mqtt.subscribe([(f, SUBSCRIBE_QOS) for f in filters])
+        rc, mid = self._mqtt.subscribe([(f, self._sub_qos) for f in filters])
         self._loop.flush()
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             # Not connected any more: the next on_connect subscribes everything again.
@@ -349,17 +348,21 @@ class BusClient:
     # --- internals: paho callbacks (the reading thread) ----------------------------------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        set_nodelay(sock, self._log)
+        self._link.opened(sock)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         try:
-            if reason.is_failure:
-                self._link_log.state("refused", "broker refused connection, retrying", reason=str(reason))
+            if not self._link.answered(reason):
                 return
             self._loop.connected()
             with self._lock:
                 self._unacked_subs.clear()
                 self._connect_sub_mid = self._send_subscribe(list(self._filters))
+            if self.access.persistent_session and getattr(flags, "session_present", False):
+                # The broker kept our session, subscriptions included, and is about to hand
+                # over what it queued for us: we are connected now, not at the SUBACK of
+                # the renewal, so that a token it delivers can already call its validators.
+                self._set_connected(True, notify=True)
         except Exception as exc:
             self._log.error("on_connect failed", error=exception_line(exc))
 
@@ -377,10 +380,6 @@ class BusClient:
         except Exception as exc:
             self._log.error("on_subscribe failed", error=exception_line(exc))
 
-    def _on_unreachable(self, exc: BaseException) -> None:
-        self._link_log.state("unreachable", "broker unreachable, retrying", host=self.host,
-                             port=self.port, reason=exception_line(exc))
-
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         try:
             with self._lock:
@@ -390,7 +389,7 @@ class BusClient:
             was_connected = self._connected
             self._set_connected(False, notify=was_connected and not stopping)
             if not stopping:
-                self._link_log.state("lost", "connection lost", reason=str(reason))
+                self._link.closed(reason)
         except Exception as exc:
             self._log.error("on_disconnect failed", error=exception_line(exc))
 
@@ -434,7 +433,7 @@ class BusClient:
         if up:
             self._connected_event.set()
             if changed:
-                self._link_log.state("connected", "connected", host=self.host, port=self.port)
+                self._link.state("connected", "connected", broker=self.access.address)
         else:
             self._connected_event.clear()
         if changed and notify and self.on_connection_change is not None:

@@ -43,6 +43,7 @@ paho supports this "external loop" mode through its public ``loop_read`` / ``loo
 
 from __future__ import annotations
 
+import random
 import select
 import socket
 import threading
@@ -74,6 +75,8 @@ class NetworkLoop:
         on_unreachable: Callable[[BaseException], None],
         max_threads: int = 9,
         backlog: int = 64,
+        refused_max_delay_s: float | None = None,
+        jitter: float = 0.0,
     ) -> None:
         if max_threads < 2:
             raise ValueError("the crew needs a leader and at least one worker")
@@ -81,6 +84,11 @@ class NetworkLoop:
         self._name = name
         self._min_delay, self._max_delay = min_delay_s, max_delay_s
         self._delay = min_delay_s
+        # After a refusal (credentials, certificate) the waits grow to this longer cap; a
+        # broker that is merely away is retried at the short one. See bus/connection.py.
+        self._refused_max = max(max_delay_s, refused_max_delay_s or max_delay_s)
+        self._cap = max_delay_s
+        self._jitter = min(max(jitter, 0.0), 0.9)
         self._on_unreachable = on_unreachable
         self._linked = False  # a socket is open (the leader's view; only leaders touch it)
 
@@ -130,6 +138,18 @@ class NetworkLoop:
     def connected(self) -> None:
         """The broker accepted us: the next lost connection retries from the shortest delay."""
         self._delay = self._min_delay
+        self._cap = self._max_delay
+
+    def refused(self) -> None:
+        """The broker answered but refused us: wait longer between the next attempts, up to
+        the refused cap, until an attempt succeeds."""
+        self._cap = self._refused_max
+
+    def away(self) -> None:
+        """The broker did not answer at all: back to the short cap, so that we are back
+        soon after it is."""
+        self._cap = self._max_delay
+        self._delay = min(self._delay, self._cap)
 
     def defer(self, work: Work, quick: bool = False) -> bool:
         """Run ``work`` on a crew thread of its own. False, and nothing run, when the crew
@@ -347,8 +367,11 @@ class NetworkLoop:
         return False
 
     def _back_off(self) -> None:
-        if not self._stopped.wait(self._delay):
-            self._delay = min(self._delay * 2, self._max_delay)
+        delay = self._delay
+        if self._jitter:
+            delay *= 1.0 - self._jitter * random.random()  # noqa: S311 - spreading, not secrecy
+        if not self._stopped.wait(delay):
+            self._delay = min(self._delay * 2, self._cap)
 
     def _wake_leader(self) -> None:
         try:

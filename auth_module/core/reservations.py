@@ -33,6 +33,7 @@ from ..types import (
     ReservationCheckStatus,
     ReservationEndReason,
     ReservationResult,
+    same_token,
 )
 from .clock import Clock, TimerHandle
 from .evse import ConnectorState, EvseState
@@ -102,6 +103,10 @@ class ReservationBook:
         self._clock = clock
         self._lock = lock
         self._store = store
+        # A stored reservation may hold its tokens as keyed hashes (privacy.py): the store
+        # knows how to compare those with a presented value.
+        self._same: Callable[[str | None, str | None], bool] = (
+            store.token_matches if store is not None else same_token)
         self._on_expired = on_expired
         self._by_evse: dict[int, Reservation] = {}
         self._station_wide: list[Reservation] = []  # in the order they were made
@@ -370,11 +375,11 @@ class ReservationBook:
         """
         if evse_id is not None and evse_id in self._by_evse:
             reservation = self._by_evse[evse_id]
-            if token_fits(reservation, id_token, parent_id_token):
+            if token_fits(reservation, id_token, parent_id_token, self._same):
                 return reservation.reservation_id
             return None
         for reservation in self._station_wide:
-            if token_fits(reservation, id_token, parent_id_token):
+            if token_fits(reservation, id_token, parent_id_token, self._same):
                 return reservation.reservation_id
         return None
 

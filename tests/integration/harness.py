@@ -176,8 +176,11 @@ class Rig:
                  validators: list[ValidatorSpec] | None = None,
                  config: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None,
-                 module_id: str = "auth", scripted: bool = False) -> None:
+                 module_id: str = "auth", scripted: bool = False,
+                 prefix: str = "everest/", mqtt: dict[str, Any] | None = None) -> None:
         self.scripted = scripted
+        self.prefix = prefix
+        self.mqtt = mqtt or {}  # more keys of the module's mqtt section (TLS, credentials...)
         self.broker = broker
         self.tmp_path = tmp_path
         self.module_id = module_id
@@ -202,11 +205,12 @@ class Rig:
 
     def _bus(self, module_id: str) -> BusClient:
         return BusClient(module_id=module_id, host=self.broker.host, port=self.broker.port,
-                         prefix="everest/")
+                         prefix=self.prefix)
 
     def write_station(self) -> Path:
         station = {
-            "mqtt": {"host": self.broker.host, "port": self.broker.port, "prefix": "everest/"},
+            "mqtt": {"host": self.broker.host, "port": self.broker.port, "prefix": self.prefix,
+                     **self.mqtt},
             "module_id": self.module_id,
             "config": self.config,
             "connections": {
@@ -240,7 +244,7 @@ class Rig:
                                     self.statuses.add)
         self.observer.subscribe_var(self.module_id, "reservation", "reservation_update",
                                     self.reservation_updates.append)
-        self.observer.subscribe_raw(f"everest/modules/{self.module_id}/ready", self._on_ready)
+        self.observer.subscribe_raw(f"{self.prefix}modules/{self.module_id}/ready", self._on_ready)
         self.observer.start()
         assert self.observer.wait_connected(DEADLINE_S)
         if hasattr(self.observer, "wait_subscribed"):
