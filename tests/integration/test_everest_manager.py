@@ -365,3 +365,18 @@ def test_broker_down_at_start_is_retried_and_sigterm_still_ends_it(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_evse_managers_out_of_order_is_one_line_and_the_module_stays(make_charger: Any) -> None:
+    config = charger()
+    config["auth"].connections["evse_manager"].reverse()  # evse_a (evse id 2) listed first
+    c = make_charger(config)
+    c.manager.wait_ready("auth")
+    wait_until(lambda: "cannot start" in c.log(), 15, "the error line")
+    lines = [line for line in c.log().splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "evse_a" in lines[0] and "evse id 2" in lines[0], c.log()
+    time.sleep(0.5)
+    assert c.proc.poll() is None
+    code, took = c.sigterm()
+    assert code == 0 and took < 5.0
