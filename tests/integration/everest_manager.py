@@ -147,7 +147,8 @@ class ManagerStandIn:
                  extra_manifests: dict[str, dict[str, Any]] | None = None,
                  awaited: list[str] | None = None, answer_config: bool = True,
                  hold_global_ready: bool = False, env: dict[str, str] | None = None,
-                 everest_prefix_dir: Path | None = None) -> None:
+                 everest_prefix_dir: Path | None = None, socket_path: str | None = None
+                 ) -> None:
         self.host, self.port, self.prefix = host, port, prefix
         self.modules_dir = Path(modules_dir)
         self.config = config
@@ -165,6 +166,7 @@ class ManagerStandIn:
         self.hold_global_ready = hold_global_ready  # publish GlobalReady only on release()
         self.env = dict(os.environ if env is None else env)
         self.install_prefix = everest_prefix_dir or Path("/usr")
+        self.socket_path = socket_path  # what the modules use; the stand-in itself uses TCP
 
         self.lock = threading.Lock()
         self.requests: list[tuple[float, bytes]] = []   # config requests as received
@@ -279,8 +281,11 @@ class ManagerStandIn:
         env["EV_MODULE"] = mid
         defaults = {"EV_PREFIX": str(self.install_prefix),
                     "EV_LOG_CONF_FILE": "/etc/everest/default_logging.cfg",
-                    "EV_MQTT_EVEREST_PREFIX": self.prefix, "EV_MQTT_EXTERNAL_PREFIX": "",
-                    "EV_MQTT_BROKER_HOST": self.host, "EV_MQTT_BROKER_PORT": str(self.port)}
+                    "EV_MQTT_EVEREST_PREFIX": self.prefix, "EV_MQTT_EXTERNAL_PREFIX": ""}
+        if self.socket_path:
+            defaults["EV_MQTT_BROKER_SOCKET_PATH"] = self.socket_path
+        else:
+            defaults.update(EV_MQTT_BROKER_HOST=self.host, EV_MQTT_BROKER_PORT=str(self.port))
         for key, value in defaults.items():
             env.setdefault(key, value)
         everestpy = f"{self.install_prefix}/lib/everest/everestpy"

@@ -167,8 +167,9 @@ class Charger:
 def make_charger(broker: Mosquitto, tmp_path: Path, other_python: Path):  # type: ignore[no-untyped-def]
     made: list[Charger] = []
 
-    def make(config: dict[str, ModuleSpec] | None = None, **stand_in: Any) -> Charger:
-        c = Charger(broker, tmp_path, other_python, config or charger(), **stand_in)
+    def make(config: dict[str, ModuleSpec] | None = None, *, on: Mosquitto | None = None,
+             **stand_in: Any) -> Charger:
+        c = Charger(on or broker, tmp_path, other_python, config or charger(), **stand_in)
         made.append(c)
         return c.start()
 
@@ -380,3 +381,18 @@ def test_evse_managers_out_of_order_is_one_line_and_the_module_stays(make_charge
     assert c.proc.poll() is None
     code, took = c.sigterm()
     assert code == 0 and took < 5.0
+
+
+@pytest.mark.timeout(60)
+def test_the_module_on_the_brokers_unix_socket(make_charger: Any) -> None:
+    """EV_MQTT_BROKER_SOCKET_PATH, EVerest's usual broker: the configuration request and the
+    module's own bus both go over the socket."""
+    with SocketMosquitto() as broker:
+        c = make_charger(on=broker, socket_path=broker.socket_path)
+        c.manager.wait_ready("auth")
+        wait_until(lambda: c.logged("ready"), 10, "the module's ready log line")
+        c.provider.swipe(TOKEN)
+        c.statuses.wait(TOKEN, "Accepted", timeout=10)
+        assert f"unix:{broker.socket_path}" in c.log()
+        code, took = c.sigterm()
+        assert code == 0 and took < 5.0
