@@ -18,8 +18,9 @@ The frame layer is our own (:mod:`.pn532_frames`) over pyserial (``pip install
 3. every frame's LCS and DCS are checked; each command waits for the ACK and for its
    answer within a timeout. A timeout, a bad checksum, garbage or an error frame while
    polling (a board that reset, a loose wire) is logged in one line and the board is
-   initialised again at once; if that fails too, or the port fails (a USB adapter pulled
-   out), the port is closed and reopened with back-off, and the log says when it is back.
+   initialised again at once (after a growing pause if it keeps failing); if that fails
+   too, or the port fails (a USB adapter pulled out), the port is closed and reopened with
+   back-off. The log says when it answers polls again.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ class Pn532Provider(ReaderProvider):
     #: seconds between two polls (a poll itself takes a few milliseconds on a real board)
     poll_s = 0.2
     read_timeout_s = 0.05
+    #: a failure this soon after the last one waits (with back-off) before initialising
+    stable_s = 10.0
 
     def __init__(self, options: Pn532Options, **kwargs: Any) -> None:
         super().__init__(f"pn532:{options.port}", options, **kwargs)
@@ -164,29 +167,41 @@ class Pn532Provider(ReaderProvider):
                 self.firmware = link.initialise()
             except Pn532Error as exc:
                 raise Pn532Error(f"no PN532 answering on {self.options.port} ({exc})") from None
-            self.opened(f"{self.options.port} ({self.firmware})")
-            while not self.stopping.is_set():
-                try:
-                    self._poll_until_failure(link)
-                except Pn532Error as exc:
-                    if self.stopping.is_set():
-                        return
-                    # one line, then at once a new initialisation (a failure of that
-                    # one goes to the back-off of the base class)
-                    self.lost(f"PN532 on {self.options.port}: {exc}; initialising it again")
-                    self.reinitialised += 1
-                    try:
-                        self.firmware = link.initialise()
-                    except Pn532Error as again:
-                        raise Pn532Error(f"PN532 on {self.options.port} does not answer "
-                                         f"({again})") from None
-                    self.opened(f"{self.options.port} ({self.firmware})")
+            self._recover(link)
         finally:
             port.close()
+
+    def _recover(self, link: Pn532Link) -> None:
+        """Poll; after a failure log one line and initialise the board again at once, or
+        after a growing pause if it failed again within ``stable_s`` (a board that
+        answers its set-up but not its polls must not spin or flood the log)."""
+        pause, last_failure = self.retry_s, -float("inf")
+        while not self.stopping.is_set():
+            try:
+                self._poll_until_failure(link)
+            except Pn532Error as exc:
+                if self.stopping.is_set():
+                    return
+                self.lost(f"PN532 on {self.options.port}: {exc}; initialising it again")
+                now = time.monotonic()
+                if now - last_failure < self.stable_s:
+                    self.stopping.wait(pause)
+                    pause = min(pause * 2, self.retry_max_s)
+                else:
+                    pause = self.retry_s
+                last_failure = now
+                self.reinitialised += 1
+                try:
+                    self.firmware = link.initialise()
+                except Pn532Error as again:
+                    raise Pn532Error(f"PN532 on {self.options.port} does not answer "
+                                     f"({again})") from None
 
     def _poll_until_failure(self, link: Pn532Link) -> None:
         while not self.stopping.is_set():
             target = link.poll()
+            if not self.connected.is_set():  # it answers polls: open (or back)
+                self.opened(f"{self.options.port} ({self.firmware})")
             if target is not None:
                 self.emit(target.uid_hex)
             self.stopping.wait(self.poll_s)

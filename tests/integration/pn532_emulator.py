@@ -8,7 +8,8 @@ RFConfiguration and InListPassiveTarget (106 kbps type A) with the card that is 
 
 Faults for the tests (each applies once, in order): ``bad_dcs`` / ``bad_lcs`` corrupt the
 next answer's data / length checksum, ``no_ack`` leaves out the next ACK (the answer still
-comes), ``lost`` swallows the next command whole (no ACK, no answer). :meth:`reset` is a
+comes), ``lost`` swallows the next command whole (no ACK, no answer); ``corrupt_polls``
+corrupts every poll's answer until cleared. :meth:`reset` is a
 board that resets: it prints boot noise and sleeps until woken up again.
 
 Frames are built here by hand (not with the provider's encoder) so that the two sides do
@@ -61,6 +62,8 @@ class Pn532Emulator:
         self.master = master
         self.card: Card | None = None
         self.faults: deque[str] = deque()
+        #: corrupt every InListPassiveTarget answer (a board that sets up but cannot poll)
+        self.corrupt_polls = False
         self.awake = False
         self.configured = False
         self.commands: list[int] = []
@@ -146,5 +149,6 @@ class Pn532Emulator:
         else:
             os.write(self.master, ERROR_FRAME)
             return
+        bad_poll = self.corrupt_polls and code == 0x4A
         os.write(self.master, answer_frame(code + 1, answer, bad_lcs=fault == "bad_lcs",
-                                           bad_dcs=fault == "bad_dcs"))
+                                           bad_dcs=fault == "bad_dcs" or bad_poll))

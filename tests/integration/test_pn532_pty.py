@@ -216,3 +216,28 @@ def test_a_silent_port_and_an_unplugged_board_are_reported_and_retried(tmp_path:
     assert all("\n" not in w for w in lines)
     assert any("is back" in str(e["event"]) for e in logs)
     assert provider._thread is not None and not provider._thread.is_alive()
+
+
+def test_a_board_that_keeps_failing_its_polls_is_one_line_and_paced(board: Board) -> None:
+    with capture_logs() as logs:
+        provider, got = started(board.path)
+        try:
+            assert provider.connected.wait(WAIT)
+            board.emulator.corrupt_polls = True  # set-up still answered, polls never
+            deadline = WAIT
+            while provider.reinitialised < 4 and deadline > 0:
+                provider.stopping.wait(0.05)
+                deadline -= 0.05
+            assert provider.reinitialised >= 4
+            assert not provider.health().connected
+            board.emulator.corrupt_polls = False  # the line is good again
+            board.emulator.card = MIFARE_CLASSIC
+            assert got.get(timeout=WAIT).id_token.value == "A1B2C3D4"
+            assert provider.health().connected
+        finally:
+            provider.close()
+    lines = warnings(logs)
+    assert len(lines) == 1, lines  # the same failure again and again is said once
+    assert len([e for e in logs if "is back" in str(e["event"])]) == 1
+    # paced by back-off (0.05, 0.1, 0.2, 0.4 s ...), not initialised in a tight loop
+    assert board.emulator.sam_count < 20
