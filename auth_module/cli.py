@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["everest-module"]:
         return _everest_module(argv[1:])
+    if argv[:1] == ["keys"]:  # the console's access keys (CONTRACT.md §9)
+        from .console.keys_cli import main as keys_main
+
+        return keys_main(argv[1:])
     args = build_parser().parse_args(argv)
     # First thing: a SIGTERM during start-up must still end in a clean exit 0.
     stop = StopSignal()  # also ends a start-up call at once (no polling)

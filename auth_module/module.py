@@ -87,6 +87,15 @@ class AuthModule:
                               command_timeout_s=station.timeouts.command_s,
                               validator_timeout_s=station.timeouts.validator_s,
                               clock=self.clock, runner=self.bus)
+        # The console (CONTRACT.md §9) is imported only for a station that has one.
+        self.console_feed: Any = None
+        self.console: Any = None
+        ports: Any = self.ports
+        if station.console is not None:
+            from .console.feed import ConsoleFeed, ObservedPorts
+
+            self.console_feed = ConsoleFeed()
+            ports = ObservedPorts(self.ports, self.console_feed)
         settings = AuthSettings(
             selection_algorithm=SelectionAlgorithm(cfg.selection_algorithm),
             connection_timeout=cfg.connection_timeout,
@@ -97,7 +106,7 @@ class AuthModule:
             plug_in_timeout_enabled=cfg.plug_in_timeout_enabled,
             stop_transaction_on_reswipe=cfg.stop_transaction_on_reswipe,
         )
-        self.handler = AuthHandler(settings, self.clock, self.ports,
+        self.handler = AuthHandler(settings, self.clock, ports,
                                    ReservationStore(station.reservation_store,
                                                     privacy=self._privacy()))
         self.gate = StartupGate()
@@ -168,6 +177,7 @@ class AuthModule:
             self.bus.wait_connected(timeout=2.0)
             if self.manager is not None and not self.manager.announce_and_wait(self.bus, stop):
                 return
+            self._start_console()
             evses = self._discover_evses(stop)
             if evses is None:
                 return
@@ -186,7 +196,25 @@ class AuthModule:
         finally:
             self.close()
 
+    def _start_console(self) -> None:
+        """Serve the console (if configured); one that cannot listen is logged, not fatal:
+        the station keeps authorizing without it."""
+        if self.station.console is None:
+            return
+        from .console.server import Console, ConsoleError
+
+        console = Console(self, self.console_feed, self.station.console)
+        try:
+            console.start()
+        except ConsoleError as exc:
+            log.error(str(exc))
+            return
+        self.console = console
+
     def close(self) -> None:
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         for plugin in self._plugins():
             try:
                 plugin.close()
@@ -257,9 +285,13 @@ class AuthModule:
         """``evse_manager/Inoperative`` raised / cleared for one EVSE, held back until ready."""
         def raised(_error: dict[str, Any]) -> None:
             self.gate.submit(lambda: self.handler.on_fault_raised(evse_id))
+            if self.console_feed is not None:
+                self.console_feed.put("changed")
 
         def cleared(_error: dict[str, Any]) -> None:
             self.gate.submit(lambda: self.handler.on_fault_cleared(evse_id))
+            if self.console_feed is not None:
+                self.console_feed.put("changed")
 
         return raised, cleared
 
@@ -304,6 +336,9 @@ class AuthModule:
                             problems=exc.error_count())
                 return
             self.gate.submit(lambda: self.handler.on_session_event(evse_id, event))
+            feed = self.console_feed
+            if feed is not None:
+                feed.put("session", evse_id, event)
         return on_event
 
     # --- commands we provide ---------------------------------------------------------------

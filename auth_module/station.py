@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from auth_module.broker_access import AccessProblem, BrokerAccess, MqttSettings, resolve_broker
+from auth_module.console.settings import ConsoleSettings
 from auth_module.types import SelectionAlgorithm
 
 __all__ = [
@@ -312,6 +313,7 @@ class Station(_Section):
     reservations: ReservationSettings = Field(default_factory=ReservationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    console: ConsoleSettings | None = None  # the station console (CONTRACT.md §9): off if absent
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="station file")
@@ -322,7 +324,7 @@ class Station(_Section):
     def _empty_sections(cls, data: Any) -> Any:
         """``config:`` with nothing under it (e.g. all lines commented out) means defaults."""
         if isinstance(data, dict):
-            optional = ("mqtt", "config", "reservations", "logging", "timeouts")
+            optional = ("mqtt", "config", "reservations", "logging", "timeouts", "console")
             if any(k in data and data[k] is None for k in optional):
                 return {k: ({} if k in optional and v is None else v) for k, v in data.items()}
         return data

@@ -91,6 +91,9 @@ class TokenProviderSim:
             if self._started:
                 return self
             self._started = True
+        if hasattr(self.bus, "provide_command"):  # the console's demo buttons press this
+            self.bus.provide_command("sim", "swipe", lambda a: bool(
+                self.swipe(str((a or {}).get("id_token", "")))))
         if self._owns_bus:
             self.bus.start()
             if wait_connected and not self.bus.wait_connected(timeout=wait_connected):

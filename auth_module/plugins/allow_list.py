@@ -15,6 +15,7 @@ The YAML file (CONTRACT.md §7)::
         expiry: 2027-01-01T00:00:00Z   # optional; after it the token is Expired
         parent_id_token: PARENT_RFID   # optional
         evse_ids: [1, 2]               # optional; the result's evse_ids
+        nickname: Anna's car           # optional; shown by the station console only
 
 The CSV file has a header naming its columns (``id_token`` required, the others optional),
 empty cells meaning "not given", ``evse_ids`` separated by spaces or semicolons, and lines
@@ -72,7 +73,7 @@ __all__ = [
 
 log = structlog.get_logger("plugins")
 
-FIELDS = ("id_token", "status", "expiry", "parent_id_token", "evse_ids")
+FIELDS = ("id_token", "status", "expiry", "parent_id_token", "evse_ids", "nickname")
 Format = Literal["auto", "yaml", "csv"]
 
 
@@ -83,11 +84,12 @@ class TokensFileError(ValueError):
 class TokenEntry:
     """One line of the allow list."""
 
-    __slots__ = ("id_token", "status", "expiry", "parent_id_token", "evse_ids")
+    __slots__ = ("id_token", "status", "expiry", "parent_id_token", "evse_ids", "nickname")
 
     def __init__(self, id_token: str, status: AuthorizationStatus,
                  expiry: datetime | None, parent_id_token: str | None,
-                 evse_ids: list[int] | None) -> None:
+                 evse_ids: list[int] | None, nickname: str | None = None) -> None:
+        self.nickname = nickname
         self.id_token = id_token
         self.status = status
         self.expiry = expiry
@@ -167,8 +169,11 @@ def _entry(item: dict[str, Any], where: str, dot: str = ".") -> TokenEntry:
     if isinstance(parent, bool | dict | list):
         raise TokensFileError(f"{where}{dot}parent_id_token: must be a string")
     parent = str(parent).strip() if parent is not None and str(parent).strip() else None
+    nickname = item.get("nickname")
+    if nickname is not None and (not isinstance(nickname, str) or len(nickname) > 64):
+        raise TokensFileError(f"{where}{dot}nickname: must be a string of at most 64 characters")
     return TokenEntry(tok, status, _parse_expiry(item.get("expiry"), where, dot), parent,
-                      evse_ids)
+                      evse_ids, nickname.strip() or None if nickname else None)
 
 
 def _add(out: dict[str, TokenEntry], seen: dict[str, str], entry: TokenEntry,
