@@ -28,6 +28,15 @@ if [ -n "$PCSC_MISSING" ]; then
   $SUDO apt-get install -y -qq $PCSC_MISSING >/dev/null
 fi
 
+# The console's browser tests drive Debian's chromium with Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium (Debian package, for the console's browser tests)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv

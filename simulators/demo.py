@@ -856,6 +856,9 @@ def _parser() -> argparse.ArgumentParser:
                         "station file, else config/tokens.yaml)")
     p.add_argument("--fast", action="store_true",
                    help="no pauses between the steps (for tests)")
+    p.add_argument("--play", action="store_true",
+                   help="no scenes: keep the station up to play with from the console page "
+                        "(swipe a card, plug a car in, add cards) until Ctrl-C")
     return p
 
 
@@ -944,12 +947,18 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     run.sim_log = _configure_sim_logging(STATE_DIR / "demo-sims.log")
 
-    out("auth-demo: a scripted session with the auth module, two simulated EVSEs, a card "
-        "reader and a validator.")
+    out("auth-demo: " + ("a station to play with" if args.play else "a scripted session")
+        + " with the auth module, two simulated EVSEs, a card reader and a validator.")
+    from simulators.demo_console import lines as console_lines
+    from simulators.demo_console import prepare as prepare_console
+
     run.choice = choice = choose_broker(station_path, info.host, info.port, run.owned)
-    out(choice.line)
     if choice.station_path != station_path:
         info, _ = _check_station(choice.station_path)
+    console = prepare_console(choice.station_path, STATE_DIR, play=args.play)
+    for line in console_lines(console):
+        out(line)
+    out(choice.line)
 
     from simulators.launcher import start_station
 
@@ -972,12 +981,12 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
 
     log_path = (STATE_DIR / "demo-module.log").resolve()
     run.module_log = open(log_path, "wb")  # noqa: SIM115 - closed in shutdown
-    cmd = [*_module_command(), "--config", str(choice.station_path)]
+    cmd = [*_module_command(), "--config", str(console.station_path)]
     seen = observer.ready_count
     started = time.monotonic()
     run.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=run.module_log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    out(f"Module: started auth-module --config {choice.station_path} (pid {run.proc.pid}); "
+    out(f"Module: started auth-module --config {console.station_path} (pid {run.proc.pid}); "
         f"its log: {log_path}")
     if not observer.wait_ready(seen, READY_DEADLINE_S, lambda: run.proc.poll() is None):
         if run.proc.poll() is not None:
@@ -1005,6 +1014,8 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     except Exception as exc:
         out(f"Note: could not check for left-over reservations ({type(exc).__name__}).")
 
+    if args.play:
+        return _play(run, console.url)
     out()
     out("How to read it: [n.m] is a step the demo plays; 'auth -> ...' is what the auth module "
         "published or sent (token_validation_status, reservation_update, commands to the "
@@ -1042,6 +1053,20 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
     else:
         out("Done: every scene went as expected.")
     return 1 if demo.unexpected_count else 0
+
+
+def _play(run: _Run, url: str) -> int:
+    """Keep the station up until Ctrl-C; the console page drives the simulators."""
+    cards = sorted(e.id_token for e in run.station.validators[0].tokens().values()) \
+        if run.station.validators else []
+    out()
+    out(f"Playing: open {url} with the admin key above. Plug a car in and swipe a card with "
+        f"the buttons on the page" + (f"; cards the validator knows: {', '.join(cards)}"
+                                      if cards else "") + ". Ctrl-C ends the demo.")
+    assert run.proc is not None
+    while run.proc.poll() is None:
+        time.sleep(0.5)
+    raise DemoError(f"the auth module ended ({_exit_text(run.proc)})")
 
 
 def main(argv: list[str] | None = None) -> int:

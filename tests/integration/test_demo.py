@@ -210,3 +210,54 @@ def test_a_bad_station_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "mqtt.port" in lines[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_demo_prints_the_console_first_and_play_mode_drives_the_simulators(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    """``auth-demo --play``: the console's URL and keys come first; the page's demo buttons
+    plug a car in and swipe a card, and the station stays up until Ctrl-C."""
+    import json
+    import signal
+    import ssl
+    import time
+
+    import httpx
+
+    station = _station_copy(tmp_path, broker.port)
+    proc = subprocess.Popen([AUTH_DEMO, "--config", str(station), "--play"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line.rstrip())
+            if line.startswith("Playing:") or len(seen) > 40:
+                break
+        text = "\n".join(seen)
+        assert seen[1].startswith("Console: open https://127.0.0.1:"), text
+        url = _group(r"open (https://127\.0\.0\.1:\d+/)", seen[1])
+        viewer = _group(r"viewer key \(watch only\): (amk_\S+)", text)
+        admin = _group(r"admin key .*: (amk_\S+)", text)
+        ctx = ssl.create_default_context(
+            cafile=str(tmp_path / ".state" / "demo-station.console.pem"))
+        with httpx.Client(base_url=url, verify=ctx, timeout=10,
+                          headers={"Authorization": f"Bearer {admin}"}) as client:
+            assert client.post("/api/v1/demo/evses/1/plug-in").status_code == 202
+            assert client.post("/api/v1/demo/swipe",
+                               json={"id_token": "VALID_RFID_1"}).status_code == 202
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                state = json.loads(client.get("/api/v1/station").content)
+                if state["evses"][0]["state"] == "charging":
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"EVSE 1 not charging: {state['evses'][0]}")
+            viewer_headers = {"Authorization": f"Bearer {viewer}"}
+            assert client.post("/api/v1/demo/swipe", json={"id_token": "X"},
+                               headers=viewer_headers).status_code == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, "\n".join(seen) + rest
+    assert "Traceback" not in rest
