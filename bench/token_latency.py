@@ -3,6 +3,7 @@
 ::
 
     python -m bench.token_latency [--tokens 2000] [--warmup 100] [--json] [--status-listener]
+                                  [--console]
 
 One run, one mosquitto on loopback (``simulators.broker.Mosquitto``, TCP_NODELAY), and:
 
@@ -23,6 +24,10 @@ One run, one mosquitto on loopback (``simulators.broker.Mosquitto``, TCP_NODELAY
   tokens' statuses are exactly Processing, Accepted, UsedToStart and then leaves, so the
   measured tokens' statuses fan out to nobody, as the echo's messages do. With
   ``--status-listener`` it stays (a station with an OCPP module listening).
+
+With ``--console`` the station also has a ``console:`` section (HTTPS on loopback) and a
+browser-like subscriber (``bench.console_subscriber``) follows ``/api/v1/events`` during the
+whole run. The module's RSS at the end of the run is reported either way.
 
 Per token (sequential, one in flight): a fresh token value is published; the interval ends
 in the EVSE stand-in's ``on_message`` for ``authorize_response``. Outside the timed interval
@@ -428,7 +433,8 @@ class Echo:
 
 
 def write_station(path: Path, host: str, port: int, store: Path,
-                  log_level: str = "warning", persistent_session: bool = False) -> None:
+                  log_level: str = "warning", persistent_session: bool = False,
+                  console_port: int | None = None) -> None:
     mqtt_keys: dict[str, Any] = {"host": host, "port": port, "prefix": PREFIX}
     if persistent_session:
         mqtt_keys["persistent_session"] = True
@@ -444,6 +450,10 @@ def write_station(path: Path, host: str, port: int, store: Path,
         "reservations": {"store": str(store)},
         "logging": {"level": log_level},
     }
+    if console_port is not None:
+        from bench.console_subscriber import console_section
+
+        station["console"] = console_section(console_port)
     path.write_text(yaml.safe_dump(station, sort_keys=False))
 
 
@@ -453,6 +463,15 @@ def _cpu_s(pid: int) -> float | None:
 
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
+    except Exception:
+        return None
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
     except Exception:
         return None
 
@@ -481,7 +500,8 @@ def _cpu_snapshot() -> tuple[float, float] | None:
 def run(tokens: int, warmup: int, progress: bool,
         module_command: list[str] | None = None,
         samples_path: Path | None = None, log_level: str = "warning",
-        status_listener: bool = False, persistent_session: bool = False) -> dict[str, Any]:
+        status_listener: bool = False, persistent_session: bool = False,
+        console: bool = False) -> dict[str, Any]:
     command = module_command or [AUTH_MODULE]
     load_before = os.getloadavg()
     fingerprint = source_fingerprint()
@@ -492,11 +512,19 @@ def run(tokens: int, warmup: int, progress: bool,
     evse: EvseStandIn | None = None
     echo: Echo | None = None
     observer: Observer | None = None
+    subscriber: Any = None
+    console_result: dict[str, Any] = {}
+    rss_mb: float | None = None
     with Mosquitto() as broker:
         host, port = broker.host, broker.port
         try:
+            console_port = None
+            if console:
+                from bench.console_subscriber import free_port
+
+                console_port = free_port()
             write_station(station_path, host, port, tmp / "reservations.json", log_level,
-                          persistent_session)
+                          persistent_session, console_port)
             validator = Validator(host, port)
             validator.start()
             evse = EvseStandIn(host, port)
@@ -518,6 +546,11 @@ def run(tokens: int, warmup: int, progress: bool,
             if proc.poll() is not None:
                 raise RuntimeError(f"module exited with {proc.returncode}: "
                                    f"{log_path.read_text(errors='replace')[-2000:]}")
+            if console_port is not None:
+                from bench.console_subscriber import SseSubscriber, viewer_key
+
+                subscriber = SseSubscriber(console_port, viewer_key(station_path),
+                                           tmp / "station.console.pem").start()
 
             run_tag = uuid.uuid4().hex[:6].upper()
             token_topic = var_topic(PREFIX, PROVIDER_ID, "main", "provided_token")
@@ -568,6 +601,9 @@ def run(tokens: int, warmup: int, progress: bool,
             snap_after = _cpu_snapshot()
             if proc.poll() is not None:
                 raise RuntimeError(f"module exited with {proc.returncode} during the run")
+            rss_mb = _rss_mb(proc.pid)
+            if subscriber is not None:
+                console_result = subscriber.stop()
             times = validator.stop()
             for rec in raw:
                 t_vin, t_vout = times[rec["token"]]
@@ -639,6 +675,8 @@ def run(tokens: int, warmup: int, progress: bool,
         "module_cpu_ms_per_iteration": module_cpu,
         "other_programs_cpu_pct": other_busy,
         "measured_wall_s": elapsed,
+        "console": {"on": console, **console_result},
+        "module_rss_mb": rss_mb,
     }
 
 
@@ -680,6 +718,13 @@ def report(r: dict[str, Any]) -> str:
     if r["unexpected_status_sequences"]:
         lines.append(f"WARNING: {r['unexpected_status_sequences']} tokens with an unexpected "
                      f"status sequence, e.g. {r['unexpected_examples']}")
+    c = r["console"]
+    lines.append("console: " + (f"on, a subscriber read {c.get('sse_events')} state events "
+                                f"({c.get('sse_bytes')} bytes)"
+                                + (f"; stream error: {c['sse_error']}" if c.get("sse_error") else "")
+                                if c["on"] else "off")
+                 + (f"; module RSS at the end {r['module_rss_mb']} MiB"
+                    if r["module_rss_mb"] is not None else ""))
     t = r["targets"]["ratio_p50_token_over_echo"]
     lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  ratio p50(token)/p50(echo) "
                  f"{t['value']:.2f} <= {t['limit']:.1f}")
@@ -711,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--persistent-session", action="store_true",
                    help="run the module with mqtt.persistent_session: true (fixed client id, "
                         "clean session off, its subscriptions at QoS 1)")
+    p.add_argument("--console", action="store_true",
+                   help="run the station with its console on (HTTPS on loopback) and a "
+                        "browser-like subscriber following /api/v1/events throughout")
     args = p.parse_args(argv)
     if args.tokens < 1 or args.warmup < 0:
         p.error("--tokens must be >= 1 and --warmup >= 0")
@@ -720,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
                      module_command=shlex.split(args.module_command) if args.module_command
                      else None, samples_path=args.samples, log_level=args.log_level,
                      status_listener=args.status_listener,
-                     persistent_session=args.persistent_session)
+                     persistent_session=args.persistent_session, console=args.console)
     except Exception as exc:
         print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         for note in getattr(exc, "__notes__", ()):

@@ -34,3 +34,11 @@ def test_token_latency_bench_runs_and_checks_the_statuses() -> None:
 def test_memory_bench_runs() -> None:
     r = run_bench("bench.memory", "--cycles", "3", "--settle", "0.2")
     assert r["readings"], r
+
+
+def test_token_latency_bench_runs_with_the_console_and_a_subscriber() -> None:
+    r = run_bench("bench.token_latency", "--tokens", "40", "--warmup", "10", "--console")
+    assert r["console"]["on"] and r["console"]["sse_error"] is None
+    assert r["console"]["sse_events"] >= 1
+    assert r["unexpected_status_sequences"] == 0 and r["token_ms"]["n"] == 40
+    assert r["module_rss_mb"] is None or r["module_rss_mb"] > 0
