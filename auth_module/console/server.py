@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -146,8 +147,11 @@ class Console:
             key = station.resolve(self.settings.tls.key_file)
         else:
             cert, key = default_paths(self.station_path)
-            if ensure_self_signed(cert, key, self.settings.host):
-                log.info("console: made a self-signed certificate", cert=str(cert))
+            try:
+                if ensure_self_signed(cert, key, self.settings.host):
+                    log.info("console: made a self-signed certificate", cert=str(cert))
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise ConsoleError(f"console: {exc}") from None
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
@@ -180,7 +184,7 @@ class Console:
         loop = asyncio.get_running_loop()
         config = uvicorn.Config(
             build_app(self), log_config=None, access_log=False, lifespan="off",
-            ws="none", server_header=False, timeout_graceful_shutdown=1,
+            http="h11", ws="none", server_header=False, timeout_graceful_shutdown=1,
             ssl_certfile=ssl_files[0] if ssl_files else None,
             ssl_keyfile=ssl_files[1] if ssl_files else None)
         self._server = server = uvicorn.Server(config)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,9 +19,22 @@ def default_paths(station_path: Path) -> tuple[Path, Path]:
 
 
 def ensure_self_signed(cert_path: Path, key_path: Path, host: str) -> bool:
-    """Make the pair unless both files exist; True if made now."""
+    """Make the pair unless both files exist; True if made now.
+
+    Made in a child process: ``cryptography`` costs the module ~8 MB of memory for as long
+    as it runs once imported, and it is needed only this once."""
     if cert_path.exists() and key_path.exists():
         return False
+    done = subprocess.run([sys.executable, "-m", __name__, str(cert_path), str(key_path), host],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        lines = (done.stderr or "").strip().splitlines()
+        raise OSError(f"cannot make a self-signed certificate: "
+                      f"{lines[-1] if lines else 'exit ' + str(done.returncode)}")
+    return True
+
+
+def make_self_signed(cert_path: Path, key_path: Path, host: str) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -69,4 +84,7 @@ def ensure_self_signed(cert_path: Path, key_path: Path, host: str) -> bool:
         os.fchmod(f.fileno(), 0o600)
         f.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return True
+
+
+if __name__ == "__main__":  # the child process of ensure_self_signed
+    make_self_signed(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
