@@ -76,6 +76,7 @@ class Console:
         self._failure: BaseException | None = None
         self._publish_at: float | None = None
         self._last_publish = 0.0
+        self._last_stable: Any = None
 
     def _allow_list_editor(self) -> Any:
         from ..plugins.allow_list import AllowListValidator
@@ -237,6 +238,10 @@ class Console:
         except Exception as exc:  # noqa: BLE001 - the console must not die on one bad state
             log.warning("console: state not built", error=repr(exc))
             return
+        stable = _without_clocks(state)
+        if stable == self._last_stable and self.hub.version:
+            return  # only the clocks moved on: the page counts those itself
+        self._last_stable = stable
         self.hub.publish(json.dumps(state, separators=(",", ":")).encode())
 
     def poke(self) -> None:
@@ -270,6 +275,15 @@ class Console:
         state["validators"] = [health(v) for v in self.module.validators]
         state["readers"] = readers(self.module)
         return state
+
+
+def _without_clocks(state: dict[str, Any]) -> Any:
+    """The state minus what changes every second by itself (time in state, countdowns)."""
+    evses = [{k: v for k, v in e.items() if k not in ("seconds_in_state", "pending")}
+             | {"pending": None if e["pending"] is None else
+                {k: v for k, v in e["pending"].items() if k != "remaining_s"}}
+             for e in state["evses"]]
+    return {**state, "evses": evses}
 
 
 class _OneLine(logging.Handler):

@@ -89,7 +89,7 @@ def page_for(browser: Any, rig: ConsoleRig) -> Iterator[Any]:
 def shot(page: Any, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
+        page.screenshot(path=str(Path(SHOTS) / name), full_page=False)
 
 
 def test_page_loads_over_https_and_a_swipe_appears_live(rig: ConsoleRig, page_for: Any) -> None:
