@@ -66,7 +66,8 @@ class Console:
         self.editor = self._allow_list_editor()
         self.view = StationView(
             station.logging.show_tokens,
-            self.editor.nickname if self.editor is not None else (lambda _v: None))
+            self.editor.nickname if self.editor is not None else (lambda _v: None),
+            self.editor.known if self.editor is not None else (lambda _v: False))
         self.hub = Hub()
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None

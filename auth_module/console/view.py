@@ -79,9 +79,11 @@ def _energy(meter: Any) -> float | None:
 
 class StationView:
     def __init__(self, show_tokens: bool, nickname: Callable[[str], str | None],
+                 known: Callable[[str], bool] = lambda _v: False,
                  recent: int = 50, history: int = 1000) -> None:
         self.show_tokens = show_tokens
         self._nickname = nickname
+        self._known = known
         self.recent: deque[TokenRecord] = deque(maxlen=recent)
         self._by_ref: OrderedDict[str, str] = OrderedDict()  # ref -> value, bounded
         self._open: dict[str, TokenRecord] = {}  # casefolded value -> record not yet final
@@ -240,7 +242,8 @@ class StationView:
                 "nickname": self._nickname(r.value), "type": r.kind,
                 "statuses": list(r.statuses), "status": final or r.statuses[-1],
                 "evse": r.evse, "reason": r.reason,
-                "unknown": bool(r.verdicts) and AuthorizationStatus.Unknown in (r.verdicts or [])}
+                "unknown": (AuthorizationStatus.Unknown in (r.verdicts or [])
+                            and not self._known(r.value))}
 
     def history(self) -> list[dict[str, Any]]:
         """Per card (newest first): its sessions with start, end and energy."""

@@ -153,6 +153,7 @@ def test_demo_buttons_drive_the_simulators(rig: ConsoleRig, page_for: Any) -> No
     page.fill("#demo-token", "FLEET_CARD_7")
     page.click("#demo-swipe button")
     page.wait_for_selector("#evses .evse[data-evse='2'] .state:has-text('Charging')")
+    time.sleep(1.0)  # some energy on the meter for the history
     shot(page, "console-phone.png")
     page.click("nav button[data-tab='history']")
     page.wait_for_selector("#history details:has-text('Van 7')")
@@ -161,7 +162,7 @@ def test_demo_buttons_drive_the_simulators(rig: ConsoleRig, page_for: Any) -> No
     page.locator("#evses .evse[data-evse='2'] button.plug-out").click()
     page.wait_for_selector("#evses .evse[data-evse='2'] .state:has-text('Free')")
     page.click("nav button[data-tab='history']")
-    page.wait_for_selector("#history td:has-text('kWh')")
+    page.wait_for_selector("#history td.energy:has-text('Wh')")
     shot(page, "console-history.png")
 
 

@@ -180,7 +180,8 @@ function renderEvses() {
       el("p", { class: "since", "data-base": e.seconds_in_state, "data-dir": 1 }, "for " + duration(e.seconds_in_state + elapsed)));
     if (e.token) card.append(el("p", { class: "token" }, "Card: " + who(e.token)));
     if (e.pending) {
-      card.append(el("p", { class: "pending" }, "Waiting for " + e.pending.waiting_for,
+      card.append(el("p", { class: "pending" }, "Waiting for " + e.pending.waiting_for +
+        (e.pending.token && !e.token ? " (" + who(e.pending.token) + ")" : ""),
         e.pending.remaining_s === null ? null : el("span", { class: "left", "data-base": e.pending.remaining_s, "data-dir": -1 })));
     }
     if (e.replug_required) card.append(el("p", { class: "pending" }, "Unplug and plug in again"));
@@ -339,11 +340,15 @@ async function loadHistory() {
   if (!cards.length) { box.replaceChildren(el("p", { class: "hint" }, "No charging session yet.")); return; }
   box.replaceChildren(...cards.map((c) => el("details", { open: "" },
     el("summary", null, (c.nickname ? c.nickname + " (" + c.token + ")" : c.token) + " · " +
-      c.sessions.length + " session(s) · " + (c.energy_wh / 1000).toFixed(2) + " kWh"),
+      c.sessions.length + " session(s) · " + energy(c.energy_wh)),
     el("table", null, el("tbody", null, ...c.sessions.map((s) => el("tr", null,
       el("td", null, "EVSE " + s.evse), el("td", null, new Date(s.start).toLocaleString()),
       el("td", null, s.end ? new Date(s.end).toLocaleString() : "charging"),
-      el("td", null, s.energy_wh === null ? "" : (s.energy_wh / 1000).toFixed(2) + " kWh"))))))));
+      el("td", { class: "energy" }, s.energy_wh === null ? "" : energy(s.energy_wh)))))))));
+}
+
+function energy(wh) {
+  return wh < 1000 ? Math.round(wh) + " Wh" : (wh / 1000).toFixed(2) + " kWh";
 }
 
 async function exportCsv() {
