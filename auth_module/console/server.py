@@ -27,7 +27,7 @@ from .keys import KeyStore, keys_path
 from .settings import ConsoleSettings
 from .snapshot import take
 from .tls import default_paths, ensure_self_signed
-from .view import StationView
+from .view import StationView, iso
 
 log = structlog.get_logger("console")
 
@@ -326,7 +326,12 @@ def health(plugin: Any) -> dict[str, Any]:
     if callable(extra):
         try:
             got = extra()
-            if isinstance(got, dict):
+            if hasattr(got, "connected"):  # a reader's ReaderHealth (plugins/base.py)
+                out.update(kind=str(getattr(got, "kind", out["kind"])),
+                           health="connected" if got.connected else "disconnected",
+                           detail=str(getattr(got, "detail", "")),
+                           since=iso(getattr(got, "since", None)))
+            elif isinstance(got, dict):
                 out.update(got)
             elif isinstance(got, str):
                 out["health"] = got

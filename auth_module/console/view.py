@@ -19,7 +19,7 @@ from ..types import AuthorizationStatus, SessionEvent, SessionEventEnum, TokenVa
 from .feed import Event
 from .snapshot import EvseSnap, Snapshot
 
-FINAL = {"UsedToStart", "UsedToStop", "Rejected", "TimedOut", "Withdrawn"}
+FINAL = {"UsedToStart", "UsedToStop", "UsedToReauthorize", "Rejected", "TimedOut", "Withdrawn"}
 
 # The validators' verdicts in words a driver understands.
 VERDICT = {
@@ -141,6 +141,8 @@ class StationView:
             return "authorization withdrawn"
         if status == TokenValidationStatus.UsedToStop:
             return "stopped the charge"
+        if status == TokenValidationStatus.UsedToReauthorize:
+            return "presented again: the charge goes on"
         if status != TokenValidationStatus.Rejected:
             return None
         if "Processing" not in record.statuses:

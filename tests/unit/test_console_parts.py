@@ -282,3 +282,29 @@ def test_listen_addresses() -> None:
         with pytest.raises(ValueError):
             split_listen(bad)
     assert ConsoleSettings().listen == "127.0.0.1:8443" and not ConsoleSettings().allow_http
+
+
+def test_reader_and_validator_health_as_the_page_shows_it() -> None:
+    from auth_module.console.server import health
+    from auth_module.plugins.base import ReaderHealth
+
+    class Reader:
+        name = "pn532:/dev/serial0"
+
+        def health(self) -> ReaderHealth:
+            return ReaderHealth("pn532:/dev/serial0", "pn532", False, "cannot open", 0.0)
+
+    class Ocpp:
+        name = "ocpp16:CP1"
+        connected = True
+        cache = [1, 2, 3]
+
+    class Wrapped:  # as the plugin loader hands plugins to the module
+        def __init__(self, plugin: Any) -> None:
+            self.plugin, self.name = plugin, plugin.name
+
+    got = health(Wrapped(Reader()))
+    assert got["health"] == "disconnected" and got["kind"] == "pn532"
+    assert got["detail"] == "cannot open"
+    got = health(Wrapped(Ocpp()))
+    assert got["health"] == "online" and got["cache_size"] == 3
