@@ -109,7 +109,7 @@ def build_app(console: Console) -> Any:
 
     @endpoint()
     async def station(_request: Request, info: KeyInfo) -> Response:
-        return Response(console.hub.data, media_type="application/json")
+        return JSONResponse(console.fresh_state())
 
     @endpoint()
     async def events(request: Request, info: KeyInfo) -> Response:

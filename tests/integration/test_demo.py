@@ -248,7 +248,7 @@ def test_demo_prints_the_console_first_and_play_mode_drives_the_simulators(
             end = time.monotonic() + 10
             while time.monotonic() < end:
                 state = json.loads(client.get("/api/v1/station").content)
-                if state["evses"][0]["state"] == "charging":
+                if state["evses"] and state["evses"][0]["state"] == "charging":
                     break
                 time.sleep(0.1)
             else:
