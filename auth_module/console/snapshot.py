@@ -1,7 +1,8 @@
 """A read-only copy of the core's state, taken under its lock, for the console's thread.
 
-This is the one place that knows the handler's attribute names; it copies plain values
-(ids, strings, due times) and holds the lock only for that, a few microseconds per EVSE.
+It goes through the facade's :meth:`~auth_module.core.handler.AuthHandler.read_state` and
+copies plain values (ids, strings, due times): the lock is held only for that, a few
+microseconds per EVSE.
 It runs on the console's thread, at most a few times a second, never on the token path.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..core.handler import StateView
 
 
 @dataclass(frozen=True)
@@ -46,32 +49,30 @@ def _value(enum_or_str: Any) -> str:
 
 def take(handler: Any) -> Snapshot:
     """The handler's EVSEs, reservations and parked tokens, as plain data."""
-    lock = getattr(handler, "_lock", None)
-    if lock is None:
-        return Snapshot()
-    with lock:
-        evses = []
-        for evse in list(handler.evses.values()):
-            auth = evse.authorization
-            timer = evse.timer
-            evses.append(EvseSnap(
-                id=evse.evse_id,
-                connectors=[(c.id, _value(c.type), _value(c.connector_state))
-                            for c in evse.connectors],
-                plugged_in=evse.plugged_in,
-                transaction_active=evse.transaction_active,
-                plug_in_timed_out=evse.plug_in_timed_out,
-                token=auth.id_token.value if auth is not None else None,
-                token_due=(timer.due if auth is not None and timer is not None
-                           and not timer.cancelled else None),
-            ))
-        reservations = [
-            ReservationSnap(r.reservation_id, evse_id, r.id_token, r.parent_id_token,
-                            r.expiry_time)
-            for evse_id, r in handler.reservations.reservations()]
-        waiting = [(req.token.id_token.value, list(req.waiting_for or []),
-                    req.wait_timer.due if req.wait_timer is not None else None)
-                   for req in list(getattr(handler, "_waiting", []))]
-        timeout = int(handler.settings.connection_timeout)
-        now = handler._clock.monotonic()
-    return Snapshot(sorted(evses, key=lambda e: e.id), reservations, waiting, timeout, now)
+    return handler.read_state(_copy)
+
+
+def _copy(state: StateView) -> Snapshot:
+    evses = []
+    for evse in state.evses.values():
+        auth = evse.authorization
+        timer = evse.timer
+        evses.append(EvseSnap(
+            id=evse.evse_id,
+            connectors=[(c.id, _value(c.type), _value(c.connector_state))
+                        for c in evse.connectors],
+            plugged_in=evse.plugged_in,
+            transaction_active=evse.transaction_active,
+            plug_in_timed_out=evse.plug_in_timed_out,
+            token=auth.id_token.value if auth is not None else None,
+            token_due=(timer.due if auth is not None and timer is not None
+                       and not timer.cancelled else None),
+        ))
+    reservations = [ReservationSnap(r.reservation_id, evse_id, r.id_token, r.parent_id_token,
+                                    r.expiry_time)
+                    for evse_id, r in state.reservations]
+    waiting = [(req.token.id_token.value, list(req.waiting_for or []),
+                req.wait_timer.due if req.wait_timer is not None else None)
+               for req in state.parked]
+    return Snapshot(sorted(evses, key=lambda e: e.id), reservations, waiting,
+                    state.connection_timeout, state.monotonic)

@@ -15,9 +15,9 @@ EVerest's AuthHandler reshaped around one idea: nothing in the core ever waits (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from ..types import (
     ConnectorTypeEnum,
@@ -39,9 +39,21 @@ from .evse_events import EvseEvents
 from .ports import StationPorts
 from .reserving import ReservationDesk
 from .state import AuthSettings, CoreState
-from .tokens import TokenOutcome
+from .tokens import TokenOutcome, TokenRequest
 
-__all__ = ["AuthHandler", "AuthSettings"]
+T = TypeVar("T")
+
+__all__ = ["AuthHandler", "AuthSettings", "StateView"]
+
+
+class StateView(NamedTuple):
+    """The core's state as :meth:`AuthHandler.read_state` lends it: read only, lock held."""
+
+    evses: Mapping[int, EvseState]
+    reservations: list[tuple[int | None, Reservation]]  # (evse id or None, reservation)
+    parked: list[TokenRequest]  # accepted tokens waiting for a car, oldest first
+    monotonic: float  # the clock's now, for the timers' ``due``
+    connection_timeout: int
 
 
 class AuthHandler:
@@ -145,3 +157,14 @@ class AuthHandler:
 
     def exists_reservation(self, check: ReservationCheck) -> ReservationCheckStatus:
         return self.reservations.exists_reservation(check)
+
+    # --- diagnostics ------------------------------------------------------------------------------
+
+    def read_state(self, reader: Callable[[StateView], T]) -> T:
+        """Call ``reader`` with the lock held and a read-only view of the state; what it
+        returns is returned. For diagnostics (the station console): ``reader`` copies what it
+        needs, changes nothing and returns at once (it holds up every token meanwhile)."""
+        with self._core.lock:
+            return reader(StateView(self.evses, self.reservations.book.reservations(),
+                                    list(self._journey._waiting), self._core.clock.monotonic(),
+                                    int(self.settings.connection_timeout)))
