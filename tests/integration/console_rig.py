@@ -99,3 +99,10 @@ class ConsoleRig(Rig):
 
     def key(self, name: str, role: str, *extra: str) -> str:
         return make_key(self.station_path, name, role, *extra)
+
+    def label(self, value: str) -> str:
+        """What the module shows for a token (its keyed hash under the station's key)."""
+        from auth_module.privacy import TokenPrivacy, load_or_create_key
+
+        key, _ = load_or_create_key(self.tmp_path / "auth-privacy.key")
+        return TokenPrivacy(key).label(value)

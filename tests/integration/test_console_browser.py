@@ -96,12 +96,13 @@ def test_page_loads_over_https_and_a_swipe_appears_live(rig: ConsoleRig, page_fo
     page = page_for(rig.viewer)  # type: ignore[attr-defined]
     assert page.url.startswith("https://")
     assert page.inner_text("#whoami") == "watcher · viewer"
+    label = rig.label("SWIPED_CARD_42")
     started = time.monotonic()
     rig.swipe("SWIPED_CARD_42")
-    page.wait_for_selector("#recent li:has-text('SW…42')",
+    page.wait_for_selector(f"#recent li:has-text('{label}')",
                            timeout=SWIPE_DEADLINE_S * 1000)
     took = time.monotonic() - started
-    item = page.locator("#recent li", has_text="SW…42").first
+    item = page.locator("#recent li", has_text=label).first
     item.locator(".reason").wait_for()
     assert item.locator(".reason").inner_text() == "unknown card"
     assert "SWIPED_CARD_42" not in page.content()  # only masked values reach the page
@@ -139,7 +140,8 @@ def test_admin_adds_a_card_in_the_form_and_it_is_accepted(rig: ConsoleRig,
 def test_unknown_recent_card_is_added_with_one_click(rig: ConsoleRig, page_for: Any) -> None:
     page = page_for(rig.admin)  # type: ignore[attr-defined]
     rig.swipe("STRAY_CARD_99")
-    page.locator("#recent li", has_text="ST…99").locator("button.add-card").first.click()
+    page.locator("#recent li", has_text=rig.label("STRAY_CARD_99")).locator(
+        "button.add-card").first.click()
     expect(page.locator("#al-id")).to_have_value("STRAY_CARD_99", timeout=UI_TIMEOUT_MS)
     page.click("#al-save")
     page.wait_for_selector("#al-table tbody tr[data-token='STRAY_CARD_99']")

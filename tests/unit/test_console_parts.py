@@ -27,6 +27,7 @@ from auth_module.console.keys import (
 from auth_module.console.settings import ConsoleSettings, split_listen
 from auth_module.console.snapshot import EvseSnap, ReservationSnap, Snapshot
 from auth_module.console.view import StationView
+from auth_module.logs import mask
 from auth_module.plugins.allow_list import AllowListValidator, TokensFile
 from auth_module.types import (
     AuthorizationStatus,
@@ -171,7 +172,7 @@ def _view(**snap: Any) -> StationView:
 def test_reasons_are_in_words_a_driver_understands() -> None:
     view = _view(connection_timeout=30)
     r = _statuses(view, "STRANGER_01", "Processing", "Rejected", results=["Unknown", "Unknown"])
-    assert r["reason"] == "unknown card" and r["token"] == "ST…01" and r["unknown"]
+    assert r["reason"] == "unknown card" and r["token"] == mask("STRANGER_01") and r["unknown"]
     r = _statuses(view, "BLOCKED_01", "Processing", "Rejected", results=["Blocked"])
     assert r["reason"] == "card blocked"
     r = _statuses(view, "ANNA_CARD_1", "Processing", "Accepted", "TimedOut", results=["Accepted"])
@@ -204,7 +205,7 @@ def test_evse_states_and_pending_authorization() -> None:
     got = view.station(2000.0)["evses"]
     assert [e["state"] for e in got] == ["free", "authorized", "charging", "faulted", "disabled",
                                          "car_plugged", "reserved"]
-    assert got[1]["token"] == {"masked": "AN…_1", "nickname": "Anna"}
+    assert got[1]["token"] == {"masked": mask("ANNA_CARD_1"), "nickname": "Anna"}
     assert got[1]["pending"]["remaining_s"] == 25.0
     assert got[0]["pending"]["remaining_s"] == 10.0 and got[0]["pending"]["waiting_for"] == "a car"
     assert got[6]["reservation_id"] == 9
@@ -223,7 +224,7 @@ def test_history_per_card_with_energy_from_the_transaction_events() -> None:
     assert cards[0]["nickname"] == "Anna" and cards[0]["energy_wh"] == 7500.0
     assert cards[0]["sessions"][0]["evse"] == 2 and cards[0]["sessions"][0]["end"]
     rows = view.history_rows(full_tokens=False)
-    assert rows[1][0] == "AN…_1" and rows[1][-1] == "7.500"
+    assert rows[1][0] == mask("ANNA_CARD_1") and rows[1][-1] == "7.500"
     assert view.history_rows(full_tokens=True)[1][0] == "ANNA_CARD_1"
 
 
