@@ -82,6 +82,7 @@ class AuthModule:
         self.schemas = InterfaceSchemas.load()
         self.validators: list[TokenValidator | BusValidator] = []
         self.providers: list[TokenProvider] = []
+        self.privacy = self._privacy()  # before the plugins: a plugin's files use it too
         self._load_plugins()
         self.ports = BusPorts(self.bus, station.evse_managers, self.validators,
                               command_timeout_s=station.timeouts.command_s,
@@ -108,7 +109,7 @@ class AuthModule:
         )
         self.handler = AuthHandler(settings, self.clock, ports,
                                    ReservationStore(station.reservation_store,
-                                                    privacy=self._privacy()))
+                                                    privacy=self.privacy))
         self.gate = StartupGate()
         self.ready = threading.Event()
         self.max_tokens_in_process = token_workers + token_backlog

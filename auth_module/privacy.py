@@ -20,6 +20,7 @@ public charger); the store keeps digests either way.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -84,6 +85,37 @@ class TokenPrivacy:
         if is_digest(stored) or is_digest(value):
             return hmac.compare_digest(self.digest(stored), self.digest(value))
         return stored.casefold() == value.casefold()
+
+
+    def seal(self, data: bytes) -> str:
+        """``data`` encrypted and authenticated (AES-256-GCM under a key derived from the
+        station's key), as text: for a file that must give token values back (the OCPP
+        authorization cache). Needs the ``cryptography`` package (the ``ocpp`` extra)."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self._seal_key()).encrypt(nonce, data, _SEAL_CONTEXT)
+        return SEAL_PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+
+    def unseal(self, text: str) -> bytes:
+        """What :meth:`seal` sealed; ValueError if it was sealed under another key or changed."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if not text.startswith(SEAL_PREFIX):
+            raise ValueError("not sealed data")
+        try:
+            raw = base64.b64decode(text[len(SEAL_PREFIX):], validate=True)
+            return AESGCM(self._seal_key()).decrypt(raw[:12], raw[12:], _SEAL_CONTEXT)
+        except (InvalidTag, ValueError) as exc:
+            raise ValueError("sealed under another key, or damaged") from exc
+
+    def _seal_key(self) -> bytes:
+        return hmac.new(self._key, b"auth-module seal v1", hashlib.sha256).digest()
+
+
+SEAL_PREFIX = "sealed-v1:"
+_SEAL_CONTEXT = b"auth-module"
 
 
 def is_digest(value: str | None) -> bool:

@@ -43,6 +43,7 @@ from ocpp.v16 import call
 from ocpp.v16.enums import RegistrationStatus
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .. import privacy
 from ..types import (
     AuthorizationStatus,
     IdToken,
@@ -228,7 +229,9 @@ class AuthorizationCache:
     that is not valid goes first, then the oldest valid one.
 
     Read from the callers' threads and written from the event-loop thread: one lock.
-    With ``path`` the cache is kept in a JSON file (written on change, atomically).
+    With ``path`` the cache is kept in a JSON file (written on change, atomically), its
+    entries sealed under the station's privacy key (token values are personal data); a
+    file of an older version, in clear, is rewritten sealed when read.
     """
 
     def __init__(self, now: Callable[[], datetime] = _utcnow, path: Path | None = None,
@@ -292,6 +295,9 @@ class AuthorizationCache:
             return
         try:
             data = json.loads(text)
+            raw = data.get("version") == 1  # token values in clear: rewritten sealed below
+            if not raw:  # version 2: sealed (token values are personal data, privacy.py)
+                data = json.loads(privacy.current().unseal(data["sealed"]))
             for item in data["entries"]:
                 info = IdTagInfo(
                     status=AuthorizationStatus(item["status"]),
@@ -299,20 +305,27 @@ class AuthorizationCache:
                     parent_id_tag=item.get("parent_id_tag") or None,
                 )
                 self._entries[str(item["id_tag"]).casefold()] = (str(item["id_tag"]), info)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._entries.clear()
-            log.warning("ocpp16 cache file broken; starting empty", file=str(path),
-                        error=repr(exc))
+            log.warning("ocpp16 cache file broken, or sealed under another key; starting "
+                        "empty", file=str(path), error=type(exc).__name__)
+            return
+        if raw:
+            with self._lock:
+                self._save()
 
     def _save(self) -> None:
         """Write the file (called with the lock held)."""
         if self._path is None:
             return
-        data = {"version": 1, "entries": [
+        entries = {"entries": [
             {"id_tag": id_tag, "status": info.status.value,
              "expiry": format_time(info.expiry) if info.expiry is not None else None,
              "parent_id_tag": info.parent_id_tag}
             for id_tag, info in self._entries.values()]}
+        # Sealed: the tags are token values, and a cache must give them back (parent ids).
+        data = {"version": 2,
+                "sealed": privacy.current().seal(json.dumps(entries).encode("utf-8"))}
         try:
             fd, tmp = tempfile.mkstemp(prefix=".ocpp16-cache-", dir=self._path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

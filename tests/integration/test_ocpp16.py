@@ -414,6 +414,7 @@ def test_cache_file_keeps_the_cache_across_restarts(csms, make_validator, tmp_pa
     assert v.validate(token("ACCEPTED_1")).authorization_status == AuthorizationStatus.Accepted
     v.close()
     assert (tmp_path / "ocpp16-cache.json").is_file()
+    assert "accepted_1" not in (tmp_path / "ocpp16-cache.json").read_text().lower()
 
     again = make_validator(f"ws://127.0.0.1:{free_port()}/ocpp", cache_file="ocpp16-cache.json")
     r = again.validate(token("ACCEPTED_1"))

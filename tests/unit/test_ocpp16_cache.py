@@ -164,9 +164,42 @@ def test_cache_file_is_written_only_on_change(tmp_path):
     path = tmp_path / "cache.json"
     cache = AuthorizationCache(Clock(), path)
     cache.update("CARD", IdTagInfo(S.Accepted))
-    path.write_text(json.dumps({"version": 1, "entries": []}))  # a marker
+    path.write_text("a marker")
     cache.update("card", IdTagInfo(S.Accepted))  # same answer again: no write
-    assert json.loads(path.read_text())["entries"] == []
+    assert path.read_text() == "a marker"
+
+
+def test_cache_file_holds_no_token_value(tmp_path):
+    path = tmp_path / "cache.json"
+    cache = AuthorizationCache(Clock(), path)
+    cache.update("Card_Qzx_1", IdTagInfo(S.Accepted, parent_id_tag="Group_Wvk"))
+    text = path.read_text().lower()
+    assert "card_qzx" not in text and "group_wvk" not in text
+    assert json.loads(text)["version"] == 2
+
+
+def test_cache_file_in_clear_is_rewritten_sealed(tmp_path):
+    path = tmp_path / "cache.json"
+    path.write_text(json.dumps({"version": 1, "entries": [
+        {"id_tag": "Card_Qzx_1", "status": "Accepted", "expiry": None,
+         "parent_id_tag": "Group_Wvk"}]}))
+    cache = AuthorizationCache(Clock(), path)
+    assert cache.lookup("CARD_QZX_1") == IdTagInfo(S.Accepted, parent_id_tag="Group_Wvk")
+    assert "card_qzx" not in path.read_text().lower()
+    assert AuthorizationCache(Clock(), path).lookup("card_qzx_1") is not None
+
+
+def test_cache_file_sealed_under_another_key_starts_empty(tmp_path):
+    from auth_module import privacy
+
+    path = tmp_path / "cache.json"
+    AuthorizationCache(Clock(), path).update("CARD", IdTagInfo(S.Accepted))
+    before = privacy.current()
+    privacy.install(privacy.TokenPrivacy(bytes(32)))
+    try:
+        assert len(AuthorizationCache(Clock(), path)) == 0
+    finally:
+        privacy.install(before)
 
 
 @pytest.mark.parametrize("content", ["not json", '{"entries": [{"id_tag": "X"}]}', "[]"])
