@@ -110,6 +110,8 @@ class AuthModule:
         self.handler = AuthHandler(settings, self.clock, ports,
                                    ReservationStore(station.reservation_store,
                                                     privacy=self.privacy))
+        for note in self._privacy_notes:
+            log.info(note)
         self.gate = StartupGate()
         self.ready = threading.Event()
         self.max_tokens_in_process = token_workers + token_backlog
@@ -121,8 +123,7 @@ class AuthModule:
             key, notes = load_or_create_key(path)
         except KeyFileError as exc:
             raise self.station.error("reservations.store", str(exc)) from None
-        for note in notes:
-            log.info(note)
+        self._privacy_notes = notes  # logged once the station is known to be usable
         keyed = TokenPrivacy(key)
         install_privacy(keyed)
         return keyed
