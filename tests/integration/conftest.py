@@ -28,6 +28,10 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
     try:
         daemon.start()
     except PcscdUnusable as exc:
+        daemon.close()
         pytest.skip(f"PC/SC tests need pcscd: {exc}")
+    except BaseException:
+        daemon.close()  # no pcscd left behind by a start that failed half-way
+        raise
     yield daemon
     daemon.close()
