@@ -255,6 +255,7 @@ def test_session_events_before_global_ready_are_kept(make_charger: Any) -> None:
     ({"token_validator_plugins": "[{plugin: no_such_plugin}]"},
      "config_module.token_validator_plugins[0]"),
     ({"token_provider_plugins": "[{plugin"}, "config_module.token_provider_plugins"),
+    ({"reservation_store": "/dev/null/reservations.json"}, "config_module.reservation_store"),
 ])
 def test_unusable_configuration_leaves_the_module_alive_and_not_ready(
         make_charger: Any, extra: dict[str, Any], key: str) -> None:
