@@ -1,7 +1,8 @@
 """``auth-module --config station.yaml``: run until SIGINT or SIGTERM, then exit 0.
 
 Also ``auth-module --everest`` (under EVerest's manager) and ``auth-module everest-module
-DIR`` (the module folder the manager starts): CONTRACT.md §8, :mod:`auth_module.everest`.
+DIR`` (the module folder the manager starts): CONTRACT.md §8, :mod:`auth_module.everest`;
+and ``auth-module keys ...``, the console's access keys (§9, :mod:`auth_module.console`).
 
 Every failure a user can cause ends in one line on stderr and a non-zero status, never a
 traceback: 2 for a station file (or station) that is wrong, 1 for anything unexpected.
@@ -20,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auth-module",
         description="EVerest-compatible authorization module for EV chargers, over MQTT.",
+        epilog="Access keys of the station console: auth-module keys create|list|revoke "
+               "--config PATH ... (see `auth-module keys --help`).",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", metavar="PATH",

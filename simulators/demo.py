@@ -1016,6 +1016,13 @@ def _run(args: argparse.Namespace, run: _Run) -> int:
 
     if args.play:
         return _play(run, console.url)
+    if not args.fast and sys.stdin.isatty():
+        out(f"To watch the scenes live, open {console.url} now (viewer key above); "
+            f"then press Enter.")
+        try:
+            input()
+        except EOFError:
+            pass
     out()
     out("How to read it: [n.m] is a step the demo plays; 'auth -> ...' is what the auth module "
         "published or sent (token_validation_status, reservation_update, commands to the "
