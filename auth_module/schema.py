@@ -26,6 +26,8 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
+from .text import short_repr
+
 __all__ = ["InterfaceSchemas", "SchemaLoadError", "interfaces_dir"]
 
 _REF = re.compile(r"^/(?P<file>[A-Za-z0-9_]+)#/(?P<type>[A-Za-z0-9_]+)$")
@@ -67,11 +69,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _message(error: ValidationError, prefix: str) -> str:
     path = prefix
     for part in error.absolute_path:
@@ -81,9 +78,9 @@ def _message(error: ValidationError, prefix: str) -> str:
         listed = ", ".join(map(str, options[:8])) + (", ..." if len(options) > 8 else "")
         name = error.schema.get("title") if isinstance(error.schema, dict) else None
         what = f"a valid {name}" if name else "one of"
-        text = f"{_show(error.instance)} is not {what} ({listed})"
+        text = f"{short_repr(error.instance)} is not {what} ({listed})"
     elif error.validator == "format":
-        text = f"{_show(error.instance)} is not a valid {error.validator_value}"
+        text = f"{short_repr(error.instance)} is not a valid {error.validator_value}"
     elif error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         text = f"missing required field {missing[0]!r}" if missing else error.message
@@ -284,7 +281,7 @@ class InterfaceSchemas:
         if args is None:
             args = {}
         if not isinstance(args, dict):
-            return f"arguments must be an object (got {_show(args)})"
+            return f"arguments must be an object (got {short_repr(args)})"
         if args.keys() != command.arg_names:
             unknown = sorted(k for k in args if k not in command.arg_names)
             if unknown:
@@ -313,7 +310,7 @@ class InterfaceSchemas:
         """
         command = self._cmd(interface, cmd)
         if command.result is None:
-            return None if retval is None else f"result: expected null (got {_show(retval)})"
+            return None if retval is None else f"result: expected null (got {short_repr(retval)})"
         return command.result.error(retval, "result")
 
     def var_error(self, interface: str, var: str, value: Any) -> str | None:

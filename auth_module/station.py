@@ -34,6 +34,7 @@ from pydantic import (
 from auth_module.broker_access import AccessProblem, BrokerAccess, MqttSettings, resolve_broker
 from auth_module.console.settings import ConsoleSettings
 from auth_module.types import SelectionAlgorithm
+from auth_module.text import show_value
 
 __all__ = [
     "BusConnection",
@@ -97,32 +98,18 @@ def _connections(requirement: str, bound: str) -> int:
 # --- small helpers -------------------------------------------------------------------------
 
 
-def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML, short."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _name(value: Any) -> str:
     """A non-empty id that can be a segment of an MQTT topic."""
     if not isinstance(value, str):
-        raise ValueError(f"must be a string (got {_show(value)})")
+        raise ValueError(f"must be a string (got {show_value(value)})")
     if not value or any(c in value for c in "/+#") or value != value.strip():
-        raise ValueError(f"must be a non-empty name without '/', '+', '#' or spaces (got {_show(value)})")
+        raise ValueError(f"must be a non-empty name without '/', '+', '#' or spaces (got {show_value(value)})")
     return value
 
 
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"must be a number > 0 (got {_show(value)})")
+        raise ValueError(f"must be a number > 0 (got {show_value(value)})")
     return float(value)
 
 
@@ -163,13 +150,13 @@ class StationConfig(_Section):
             raise ValueError("UserInput is not implemented; use PlugEvents, PlugEventsLIFO or FindFirst")
         if value in _IMPLEMENTED_SELECTION:
             return SelectionAlgorithm(value)
-        raise ValueError(f"must be PlugEvents, PlugEventsLIFO or FindFirst (got {_show(value)})")
+        raise ValueError(f"must be PlugEvents, PlugEventsLIFO or FindFirst (got {show_value(value)})")
 
     @field_validator("connection_timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"must be an integer >= 1 (got {_show(value)})")
+            raise ValueError(f"must be an integer >= 1 (got {show_value(value)})")
         return value
 
 
@@ -448,9 +435,9 @@ def _problem(err: Mapping[str, Any]) -> tuple[str, str]:
             return cause.key_path, cause.problem
         return _key_path(loc), str(cause) if cause is not None else err["msg"]
     if kind in _KIND:
-        return _key_path(loc), f"must be {_KIND[kind]} (got {_show(given)})"
+        return _key_path(loc), f"must be {_KIND[kind]} (got {show_value(given)})"
     if kind == "literal_error":
-        return _key_path(loc), f"must be one of {ctx.get('expected', '')} (got {_show(given)})"
+        return _key_path(loc), f"must be one of {ctx.get('expected', '')} (got {show_value(given)})"
     if kind == "too_short" and isinstance(given, list):
         least = ctx.get("min_length")
         return _key_path(loc), f"must list at least {least} entr{'y' if least == 1 else 'ies'} (got {len(given)})"
@@ -458,7 +445,7 @@ def _problem(err: Mapping[str, Any]) -> tuple[str, str]:
         return _key_path(loc), f"must list at most {ctx.get('max_length')} entries (got {len(given)})"
     if kind == "string_too_long":
         return _key_path(loc), f"must be at most {ctx.get('max_length')} characters (got {len(given or '')})"
-    return _key_path(loc), f"{err.get('msg', 'invalid')} (got {_show(given)})"
+    return _key_path(loc), f"{err.get('msg', 'invalid')} (got {show_value(given)})"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -473,7 +460,7 @@ def _kind_of(value: Any) -> str:
         return "an empty file"
     if isinstance(value, list):
         return "a list"
-    return f"a single value {_show(value)}"
+    return f"a single value {show_value(value)}"
 
 
 def load_station(path: str | Path) -> Station:
@@ -499,7 +486,7 @@ def load_station(path: str | Path) -> Station:
         raise StationError(f"{name}: top level must be a mapping of keys (got {_kind_of(data)})")
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
-        raise StationError(f"{name}: unknown key {_show(bad_keys[0])}")
+        raise StationError(f"{name}: unknown key {show_value(bad_keys[0])}")
 
     return station_from_data(data, name, p.resolve().parent)
 

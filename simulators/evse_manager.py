@@ -27,13 +27,13 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 from transitions import Machine
 
+from auth_module.text import format_utc, mask
 from auth_module.types import (
     AuthorizationStatus,
     ProvidedIdToken,
@@ -45,23 +45,11 @@ from auth_module.types import (
     to_wire,
 )
 
-__all__ = ["EvseManagerSim", "mask_token", "rfc3339_now", "resolve_bus"]
+__all__ = ["EvseManagerSim", "resolve_bus"]
 
 INOPERATIVE = "evse_manager/Inoperative"
 
 STATES = ["idle", "authorized", "plugged", "charging", "finished"]
-
-
-def rfc3339_now() -> str:
-    """Now, UTC, RFC 3339 with milliseconds and a ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def mask_token(value: str | None) -> str:
-    """The first four characters of a token and an ellipsis, for log lines."""
-    if not value:
-        return "-"
-    return value[:4] + "…"
 
 
 def _token_value(token: dict[str, Any] | None) -> str | None:
@@ -384,7 +372,7 @@ class EvseManagerSim:
         token = to_wire(ProvidedIdToken.model_validate(args["provided_token"]))
         result = to_wire(ValidationResult.model_validate(args["validation_result"]))
         status = result.get("authorization_status")
-        value = mask_token(_token_value(token))
+        value = mask(_token_value(token) or "")
         if status != AuthorizationStatus.Accepted:
             self.log.info(f"evse {self.evse_id}: authorize_response {status} for {value}, "
                           "nothing to do")
@@ -464,7 +452,7 @@ class EvseManagerSim:
         extra = ""
         if ev.event.name == "stop_tx" or (ev.event.name == "unplug" and src == "charging"):
             extra = f", reason {ev.kwargs.get('reason')}"
-        who = f" (token {mask_token(_token_value(token))})" if token else ""
+        who = f" (token {mask(_token_value(token) or '')})" if token else ""
         arrow = f"{src} -> {dst}" if src != dst else f"{src} (stays)"
         self.log.info(f"evse {self.evse_id}: {ev.event.name}: {arrow}{who}{extra}")
 
@@ -588,7 +576,7 @@ class EvseManagerSim:
 
     def _meter(self) -> dict[str, Any]:
         return {
-            "timestamp": rfc3339_now(),
+            "timestamp": format_utc(),
             "energy_Wh_import": {"total": round(self._energy_now(), 3)},
         }
 
@@ -599,7 +587,7 @@ class EvseManagerSim:
         ev = SessionEvent(
             uuid=self._session_uuid or str(uuidlib.uuid4()),
             event=event,
-            timestamp=rfc3339_now(),
+            timestamp=format_utc(),
             connector_id=self.connector_id,
             **extra,
         )

@@ -26,7 +26,8 @@ from auth_module.types import (
     ProvidedIdToken,
     to_wire,
 )
-from simulators.evse_manager import mask_token, resolve_bus
+from auth_module.text import mask
+from simulators.evse_manager import resolve_bus
 
 __all__ = ["TokenProviderSim", "make_token", "main"]
 
@@ -135,7 +136,7 @@ class TokenProviderSim:
         with self._lock:
             self.sent.append(msg)
         self.log.info(f"token provider {self.module_id}: swipe "
-                      f"{mask_token(msg['id_token']['value'])} ({msg['authorization_type']})")
+                      f"{mask(msg['id_token']['value'])} ({msg['authorization_type']})")
         self.bus.publish_var(self.impl_id, "provided_token", msg)
         return msg
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             flush(timeout=args.timeout)
     finally:
         bus.stop()
-    print(f"published {mask_token(args.token)} as {module_id}/{impl_id} "
+    print(f"published {mask(args.token)} as {module_id}/{impl_id} "
           f"({args.authorization_type})")
     return 0
 

@@ -41,7 +41,8 @@ from auth_module.types import (
     ValidationResultUpdate,
     to_wire,
 )
-from simulators.evse_manager import mask_token, resolve_bus
+from auth_module.text import mask
+from simulators.evse_manager import resolve_bus
 
 __all__ = ["ValidatorSim", "TokenEntry", "load_tokens", "parse_tokens", "TokensFileError"]
 
@@ -153,7 +154,7 @@ class ValidatorSim:
         token = ProvidedIdToken.model_validate(args["provided_token"])
         value = token.id_token.value
         if self.silent:
-            self.log.info(f"validator {self.module_id}: {mask_token(value)} -> (silent)")
+            self.log.info(f"validator {self.module_id}: {mask(value)} -> (silent)")
             # Hold the answer back until we are stopped (or a generous cap): the caller
             # sees a timeout. The reply that may follow at stop is for a call long gone.
             self._stopping.wait(self.silent_max_s)
@@ -161,10 +162,10 @@ class ValidatorSim:
         if self.delay_s > 0:
             self._stopping.wait(self.delay_s)
         if self.fail:
-            self.log.info(f"validator {self.module_id}: {mask_token(value)} -> (failure)")
+            self.log.info(f"validator {self.module_id}: {mask(value)} -> (failure)")
             raise RuntimeError("simulated validator failure")
         result = self.validate(value)
-        self.log.info(f"validator {self.module_id}: {mask_token(value)} -> "
+        self.log.info(f"validator {self.module_id}: {mask(value)} -> "
                       f"{result['authorization_status']}")
         return result
 

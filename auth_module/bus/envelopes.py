@@ -1,4 +1,4 @@
-"""Topics and JSON envelopes of the EVerest MQTT bus, as pure functions.
+"""JSON envelopes of the EVerest MQTT bus (and its topics, from :mod:`.topics`), as pure functions.
 
 Kept free of paho so the wire format (``shared/spec/CONTRACT.md`` §3) can be unit-tested
 and reused by tools without a broker. Builders return plain dicts; :func:`encode` turns them
@@ -9,7 +9,6 @@ so callers can log one line and drop (or answer ``MessageParsingError``).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -17,8 +16,18 @@ import re
 import uuid as _uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from ..text import format_utc as utc_timestamp  # re-exported: the envelopes' timestamp form
+from .errors import EnvelopeError
+from .topics import (
+    cmd_response_topic,
+    cmd_response_wildcard,
+    cmd_topic,
+    error_topic,
+    ready_topic,
+    var_topic,
+)
 
 __all__ = [
     "CMD_ERROR_TYPES",
@@ -78,66 +87,6 @@ MSG_TYPES: frozenset[str] = frozenset(
 Payload = bytes | bytearray | memoryview | str | Mapping[str, Any]
 
 
-class EnvelopeError(ValueError):
-    """A payload that is not the envelope it should be; the text says what is wrong."""
-
-
-# --- topics ------------------------------------------------------------------------------
-
-
-def _segment(kind: str, value: str, *, slashes: bool = False) -> str:
-    """Refuse empty or wildcard segments: a typo there would silently subscribe to nothing
-    (or to everything)."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{kind} must be a non-empty string, got {value!r}")
-    if "+" in value or "#" in value or "\x00" in value:
-        raise ValueError(f"{kind} must not contain MQTT wildcards: {value!r}")
-    if not slashes and "/" in value:
-        raise ValueError(f"{kind} must not contain '/': {value!r}")
-    return value
-
-
-def _impl_base(prefix: str, module_id: str, impl_id: str) -> str:
-    return (
-        f"{prefix}modules/{_segment('module_id', module_id)}"
-        f"/impl/{_segment('implementation_id', impl_id)}"
-    )
-
-
-# A module publishes to the same few topics over and over: build (and check) each once.
-@functools.lru_cache(maxsize=1024)
-def var_topic(prefix: str, module_id: str, impl_id: str, name: str) -> str:
-    """``P modules/MID/impl/IID/var/NAME``."""
-    return f"{_impl_base(prefix, module_id, impl_id)}/var/{_segment('var name', name)}"
-
-
-@functools.lru_cache(maxsize=1024)
-def cmd_topic(prefix: str, module_id: str, impl_id: str, name: str) -> str:
-    """``P modules/MID/impl/IID/cmd/NAME`` (where calls to MID are published)."""
-    return f"{_impl_base(prefix, module_id, impl_id)}/cmd/{_segment('cmd name', name)}"
-
-
-@functools.lru_cache(maxsize=1024)
-def cmd_response_topic(prefix: str, module_id: str, impl_id: str, name: str, caller_id: str) -> str:
-    """``P modules/MID/impl/IID/cmd/NAME/response/CALLER_MID`` (where MID answers)."""
-    return f"{cmd_topic(prefix, module_id, impl_id, name)}/response/{_segment('caller id', caller_id)}"
-
-
-def cmd_response_wildcard(prefix: str, caller_id: str) -> str:
-    """The one filter that catches every answer addressed to ``caller_id``."""
-    return f"{prefix}modules/+/impl/+/cmd/+/response/{_segment('caller id', caller_id)}"
-
-
-def error_topic(prefix: str, module_id: str, impl_id: str, error_type: str) -> str:
-    """``P modules/MID/impl/IID/error/TYPE``; TYPE has a slash (``evse_manager/Inoperative``)."""
-    return f"{_impl_base(prefix, module_id, impl_id)}/error/{_segment('error type', error_type, slashes=True)}"
-
-
-def ready_topic(prefix: str, module_id: str) -> str:
-    """``P modules/MID/ready``."""
-    return f"{prefix}modules/{_segment('module_id', module_id)}/ready"
-
-
 # --- builders ----------------------------------------------------------------------------
 
 
@@ -152,12 +101,6 @@ def new_call_id() -> str:
     """A fresh command call id: a UUID string, unique in this process and across them."""
     h = "%016x%016x" % (_ID_HIGH, (0b10 << 62) | (next(_ID_COUNTER) & _ID_LOW_MASK))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def utc_timestamp(now: datetime | None = None) -> str:
-    """RFC 3339 UTC with milliseconds and ``Z``, the form EVerest writes."""
-    now = now or datetime.now(UTC)
-    return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def var_envelope(value: Any) -> dict[str, Any]:

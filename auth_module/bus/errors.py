@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BusError", "CallCancelled", "CallOutcome", "CommandError", "CommandTimeout",
-           "NotConnected"]
+           "EnvelopeError", "NotConnected"]
+
+
+class EnvelopeError(ValueError):
+    """A payload that is not the envelope it should be; the text says what is wrong."""
 
 
 class BusError(Exception):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence, Set
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
@@ -35,6 +34,7 @@ from ..types import (
     ReservationResult,
     same_token,
 )
+from ..text import parse_rfc3339 as parse_expiry
 from .clock import Clock, TimerHandle
 from .evse import ConnectorState, EvseState
 from .feasibility import (
@@ -74,18 +74,6 @@ class Ended(NamedTuple):
 
 
 OnExpired = Callable[[Ended], None]
-
-
-def parse_expiry(expiry_time: str) -> datetime:
-    """An RFC 3339 time as an aware datetime; a time without offset is taken as UTC."""
-    text = expiry_time.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    when = datetime.fromisoformat(text)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-# --- the book ----------------------------------------------------------------------------
 
 
 class ReservationBook:

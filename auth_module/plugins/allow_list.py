@@ -57,7 +57,8 @@ from ..types import (
     to_wire,
 )
 from .base import PluginContext
-from .loader import PluginError, one_line, register_options_model
+from ..text import one_line, parse_rfc3339
+from .loader import PluginError, register_options_model
 
 __all__ = [
     "AllowListOptions",
@@ -131,7 +132,7 @@ def _parse_expiry(value: Any, where: str, dot: str = ".") -> datetime | None:
         dt = datetime(value.year, value.month, value.day)
     elif isinstance(value, str):
         try:
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            return parse_rfc3339(value)
         except ValueError:
             raise TokensFileError(f"{where}{dot}expiry: not an RFC 3339 time: {value!r}") from None
     else:

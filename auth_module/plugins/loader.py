@@ -35,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from ..station import PluginConnection, Station, StationError
+from ..text import exception_line, one_line, show_value
 from ..types import ProvidedIdToken, ValidationResult
 from .base import PluginContext, ReaderHealth, TokenProvider, TokenValidator
 
@@ -57,12 +58,6 @@ class PluginError(Exception):
     def __init__(self, message: str, option: str | None = None) -> None:
         super().__init__(message)
         self.option = option
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """``text`` with its whitespace (newlines included) collapsed, cut at ``limit``."""
-    flat = re.sub(r"\s+", " ", str(text)).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def available(group: str) -> dict[str, EntryPoint]:
@@ -97,7 +92,7 @@ def _build(entry: PluginConnection, station: Station, group: str, kind: str) -> 
         factory = ep.load()
     except Exception as exc:  # ImportError above all: a missing optional dependency
         raise station.error(entry.key_path, f"{kind} plugin '{entry.plugin}' cannot be "
-                            f"imported: {_describe(exc)}{_install_hint(entry.plugin, exc)}"
+                            f"imported: {exception_line(exc)}{_install_hint(entry.plugin, exc)}"
                             ) from None
     if not callable(factory):
         raise station.error(entry.key_path, f"{kind} plugin '{entry.plugin}': entry point "
@@ -116,7 +111,7 @@ def _build(entry: PluginConnection, station: Station, group: str, kind: str) -> 
             key = f"{entry.key_path}.{option}" if option else entry.key_path
             raise station.error(key, one_line(str(exc))) from None
         raise station.error(entry.key_path, f"{kind} plugin '{entry.plugin}' failed to load: "
-                            f"{_describe(exc)}{_install_hint(entry.plugin, exc)}") from None
+                            f"{exception_line(exc)}{_install_hint(entry.plugin, exc)}") from None
     missing = [m for m in _required_methods(group) if not callable(getattr(plugin, m, None))]
     if missing:
         methods = " or ".join(f"{m}()" for m in missing)
@@ -134,11 +129,6 @@ def _plugin_name(plugin: Any, entry: PluginConnection) -> str:
     return name if isinstance(name, str) and name else entry.plugin
 
 
-def _describe(exc: BaseException) -> str:
-    text = one_line(str(exc))
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _install_hint(plugin: str, exc: BaseException) -> str:
     extra = _EXTRAS.get(plugin)
     missing = getattr(exc, "name", None) or ""
@@ -152,19 +142,6 @@ def _loc(parts: Iterable[Any]) -> str:
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _option_problem(exc: ValidationError) -> tuple[str, str]:
@@ -182,7 +159,7 @@ def _option_problem(exc: ValidationError) -> tuple[str, str]:
     msg = one_line(err.get("msg", "invalid"))
     msg = re.sub(r"^Value error, ", "", msg)
     if "input" in err and kind not in ("value_error", "assertion_error"):
-        msg = f"{msg} (got {_show(err['input'])})"
+        msg = f"{msg} (got {show_value(err['input'])})"
     return _loc(loc), msg
 
 
@@ -253,13 +230,13 @@ class GuardedProvider:
                     token = ProvidedIdToken.model_validate(token)
                 on_token(token)
             except Exception as exc:
-                log.error(f"token provider {self.name}: token dropped: {_describe(exc)}")
+                log.error(f"token provider {self.name}: token dropped: {exception_line(exc)}")
 
         try:
             self.plugin.start(deliver)
         except Exception as exc:
             log.error(f"token provider {self.name} failed to start; it provides no tokens: "
-                      f"{_describe(exc)}")
+                      f"{exception_line(exc)}")
 
     def health(self) -> ReaderHealth | None:
         """The plugin's ``health()`` (see :mod:`.base`), or None if it has none or it fails."""
@@ -277,7 +254,7 @@ class GuardedProvider:
         try:
             self.plugin.close()
         except Exception as exc:
-            log.warning(f"token provider {self.name} did not close cleanly: {_describe(exc)}")
+            log.warning(f"token provider {self.name} did not close cleanly: {exception_line(exc)}")
 
     def __repr__(self) -> str:
         return f"<token provider plugin {self.name}>"

@@ -51,6 +51,7 @@ from ..types import (
     ProvidedIdToken,
     ValidationResult,
 )
+from ..text import format_utc, one_line, parse_rfc3339
 from .allow_list import TokenEntry, TokensFile, TokensFileError
 from .base import PluginContext
 from .loader import PluginError, register_options_model
@@ -88,23 +89,6 @@ OCPP16_STATUSES = frozenset({
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def parse_time(value: Any) -> datetime:
-    """An aware UTC datetime from an RFC 3339 text (or a datetime); naive means UTC."""
-    if isinstance(value, datetime):
-        when = value
-    elif isinstance(value, str):
-        when = datetime.fromisoformat(value.strip().replace("z", "Z"))
-    else:
-        raise ValueError(f"not a date-time: {value!r}")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
-
-
-def format_time(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- options ------------------------------------------------------------------------------
@@ -178,7 +162,7 @@ class IdTagInfo:
                   if self.parent_id_tag else None)
         return ValidationResult(
             authorization_status=status or self.status,
-            expiry_time=format_time(self.expiry) if self.expiry is not None else None,
+            expiry_time=format_utc(self.expiry) if self.expiry is not None else None,
             parent_id_token=parent,
             evse_ids=list(self.evse_ids) if self.evse_ids is not None else None,
         )
@@ -205,7 +189,7 @@ def parse_id_tag_info(payload: Any) -> IdTagInfo:
     raw_expiry = payload.get("expiry_date")
     if raw_expiry is not None:
         try:
-            expiry = parse_time(raw_expiry)
+            expiry = parse_rfc3339(raw_expiry)
         except ValueError:
             log.warning("ocpp16 unreadable expiryDate from the csms; answer not cached",
                         expiry_date=raw_expiry)
@@ -301,7 +285,7 @@ class AuthorizationCache:
             for item in data["entries"]:
                 info = IdTagInfo(
                     status=AuthorizationStatus(item["status"]),
-                    expiry=parse_time(item["expiry"]) if item.get("expiry") else None,
+                    expiry=parse_rfc3339(item["expiry"]) if item.get("expiry") else None,
                     parent_id_tag=item.get("parent_id_tag") or None,
                 )
                 self._entries[str(item["id_tag"]).casefold()] = (str(item["id_tag"]), info)
@@ -320,7 +304,7 @@ class AuthorizationCache:
             return
         entries = {"entries": [
             {"id_tag": id_tag, "status": info.status.value,
-             "expiry": format_time(info.expiry) if info.expiry is not None else None,
+             "expiry": format_utc(info.expiry) if info.expiry is not None else None,
              "parent_id_tag": info.parent_id_tag}
             for id_tag, info in self._entries.values()]}
         # Sealed: the tags are token values, and a cache must give them back (parent ids).
@@ -351,7 +335,7 @@ class LocalList:
         try:
             self._file.load()
         except TokensFileError as exc:
-            raise OptionError(_one_line(exc), option="local_list") from None
+            raise OptionError((one_line(str(exc)) or type(exc).__name__), option="local_list") from None
 
     def lookup(self, id_tag: str) -> IdTagInfo | None:
         entry = self._file.tokens().get(id_tag.casefold())
@@ -365,10 +349,6 @@ def _from_entry(entry: TokenEntry) -> IdTagInfo:
         parent_id_tag=entry.parent_id_token or None,
         evse_ids=tuple(entry.evse_ids) if entry.evse_ids is not None else None,
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --- the offline decision -------------------------------------------------------------------
@@ -496,7 +476,7 @@ class Ocpp16Validator:
         except OCPPError as exc:  # a CALLERROR, or an answer that fails the OCPP schema
             return f"{exc.code}: {' '.join(str(exc.description or '').split())}"
         except Exception as exc:
-            return f"unusable answer: {_one_line(exc)}"
+            return f"unusable answer: {(one_line(str(exc)) or type(exc).__name__)}"
 
     def _offline(self, id_tag: str, reason: str) -> ValidationResult:
         local = self._local.lookup(id_tag) if self._local is not None else None
@@ -582,7 +562,7 @@ class Ocpp16Validator:
                 raise
             except Exception as exc:  # refused, DNS, TLS, HTTP status, open timeout, ...
                 event = "ocpp16 csms unreachable; retrying"
-                fields = {"url": self.url, "error": _one_line(exc), "retry_in_s": delay}
+                fields = {"url": self.url, "error": (one_line(str(exc)) or type(exc).__name__), "retry_in_s": delay}
                 if failures == 0 and not self._closed:  # closing: not worth a warning
                     log.warning(event, **fields)
                 else:
@@ -631,7 +611,7 @@ class Ocpp16Validator:
             await asyncio.gather(reader, body, return_exceptions=True)
         ended = reader if reader in done else body
         exc = ended.exception()
-        return _one_line(exc) if exc is not None else "closed"
+        return (one_line(str(exc)) or type(exc).__name__) if exc is not None else "closed"
 
     async def _boot_and_heartbeat(self, cp: _ChargePoint) -> None:
         while True:
@@ -655,7 +635,7 @@ class Ocpp16Validator:
             try:
                 await cp.call(call.Heartbeat(), suppress=False)
             except (TimeoutError, OCPPError) as exc:
-                log.debug("ocpp16 heartbeat failed", url=self.url, error=_one_line(exc))
+                log.debug("ocpp16 heartbeat failed", url=self.url, error=(one_line(str(exc)) or type(exc).__name__))
 
 
 def create(options: dict[str, Any], context: PluginContext) -> Ocpp16Validator:
