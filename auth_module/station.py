@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -34,6 +33,7 @@ from pydantic import (
 from auth_module.broker_access import AccessProblem, BrokerAccess, MqttSettings, resolve_broker
 from auth_module.console.settings import ConsoleSettings
 from auth_module.types import SelectionAlgorithm
+from auth_module.keypath import Located, UniqueKeyLoader, kind_of, problem_of, yaml_problem
 from auth_module.text import show_value
 
 __all__ = [
@@ -250,7 +250,7 @@ class Connections(_Section):
                 if isinstance(entry, BusConnection):
                     key = (entry.module_id, entry.implementation_id)
                     if key in seen:
-                        raise _Located(
+                        raise Located(
                             f"connections.{name}[{i}]",
                             f"{entry} is listed twice (also at [{seen[key]}])",
                         )
@@ -278,15 +278,6 @@ class LoggingSettings(_Section):
 class TimeoutSettings(_Section):
     validator_s: Seconds = 5.0
     command_s: Seconds = 5.0
-
-
-class _Located(ValueError):
-    """A problem found by a validator that knows a more precise key path than pydantic."""
-
-    def __init__(self, key_path: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key_path = key_path
-        self.problem = problem
 
 
 # --- the station ------------------------------------------------------------------------------
@@ -369,100 +360,6 @@ class Station(_Section):
 # --- loading ------------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:  # unhashable key; let the constructor complain
-            break
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.startswith("<") and part.endswith(">"):
-            continue  # a union tag, not a key
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-_KIND = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "float_type": "a number",
-    "string_type": "a string",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-    "list_type": "a list",
-}
-
-
-def _problem(err: Mapping[str, Any]) -> tuple[str, str]:
-    """(key path, problem) of one pydantic error."""
-    loc = tuple(err.get("loc", ()))
-    kind = err.get("type", "")
-    ctx = err.get("ctx") or {}
-    given = err.get("input")
-    if kind == "extra_forbidden":
-        return _key_path(loc[:-1]), f"unknown key {str(loc[-1])!r}"
-    if kind == "missing":
-        return _key_path(loc), "required key is missing"
-    if kind == "value_error":
-        cause = ctx.get("error")
-        if isinstance(cause, _Located):
-            return cause.key_path, cause.problem
-        return _key_path(loc), str(cause) if cause is not None else err["msg"]
-    if kind in _KIND:
-        return _key_path(loc), f"must be {_KIND[kind]} (got {show_value(given)})"
-    if kind == "literal_error":
-        return _key_path(loc), f"must be one of {ctx.get('expected', '')} (got {show_value(given)})"
-    if kind == "too_short" and isinstance(given, list):
-        least = ctx.get("min_length")
-        return _key_path(loc), f"must list at least {least} entr{'y' if least == 1 else 'ies'} (got {len(given)})"
-    if kind == "too_long" and isinstance(given, list):
-        return _key_path(loc), f"must list at most {ctx.get('max_length')} entries (got {len(given)})"
-    if kind == "string_too_long":
-        return _key_path(loc), f"must be at most {ctx.get('max_length')} characters (got {len(given or '')})"
-    return _key_path(loc), f"{err.get('msg', 'invalid')} (got {show_value(given)})"
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"{where}invalid YAML: {problem}"
-
-
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "an empty file"
-    if isinstance(value, list):
-        return "a list"
-    return f"a single value {show_value(value)}"
-
-
 def load_station(path: str | Path) -> Station:
     """Read and check the station file at ``path``; raise :class:`StationError` if unusable."""
     name = str(path)
@@ -479,11 +376,11 @@ def load_station(path: str | Path) -> Station:
         raise StationError(f"{name}: cannot read: {exc.strerror or exc}") from None
 
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise StationError(f"{name}: {_yaml_problem(exc)}") from None
+        raise StationError(f"{name}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
-        raise StationError(f"{name}: top level must be a mapping of keys (got {_kind_of(data)})")
+        raise StationError(f"{name}: top level must be a mapping of keys (got {kind_of(data)})")
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
         raise StationError(f"{name}: unknown key {show_value(bad_keys[0])}")
@@ -500,7 +397,7 @@ def station_from_data(data: dict[str, Any], source: str, base_dir: Path) -> Stat
     try:
         station = Station.model_validate(data)
     except ValidationError as exc:
-        key, problem = _problem(exc.errors(include_url=False)[0])
+        key, problem = problem_of(exc.errors(include_url=False)[0])
         raise StationError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}") from None
     station._base_dir = base_dir
     station._source = source
