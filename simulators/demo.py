@@ -818,13 +818,12 @@ def _configure_sim_logging(path: Path) -> Any:
 def _check_station(path: Path) -> tuple[Any, int]:
     """The station's bus entries and connection timeout; DemoError if the demo can't use it."""
     from auth_module.station import StationError, load_station
-    from simulators.launcher import StationError as SimStationError
     from simulators.launcher import read_station
 
     try:
         loaded = load_station(path)
         info = read_station(path)
-    except (StationError, SimStationError) as exc:
+    except StationError as exc:
         raise DemoError(str(exc)) from None
     problems = []
     if len(info.evse_managers) != 2:

@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 from transitions import Machine
 
+from auth_module.schema import InterfaceSchemas
 from auth_module.text import format_utc, mask
 from auth_module.types import (
     AuthorizationStatus,
@@ -177,19 +177,24 @@ class EvseManagerSim:
             self._started = True
         b = self.bus
         i = self.impl_id
-        b.provide_command(i, "get_evse", self._cmd("get_evse", self._h_get_evse))
+        # The interface's own schemas check every argument, as the module's commands are.
+        schemas = InterfaceSchemas.load()
+        b.provide_command(i, "get_evse", self._cmd("get_evse", self._h_get_evse),
+                          validate=schemas.args_checker("evse_manager", "get_evse"))
         b.provide_command(i, "authorize_response",
                           self._cmd("authorize_response", self._h_authorize_response),
-                          validate=_validate_authorize_response)
+                          validate=schemas.args_checker("evse_manager", "authorize_response"))
         b.provide_command(i, "withdraw_authorization",
-                          self._cmd("withdraw_authorization", self._h_withdraw))
+                          self._cmd("withdraw_authorization", self._h_withdraw),
+                          validate=schemas.args_checker("evse_manager", "withdraw_authorization"))
         b.provide_command(i, "reserve", self._cmd("reserve", self._h_reserve),
-                          validate=_validate_reserve)
+                          validate=schemas.args_checker("evse_manager", "reserve"))
         b.provide_command(i, "cancel_reservation",
-                          self._cmd("cancel_reservation", self._h_cancel_reservation))
+                          self._cmd("cancel_reservation", self._h_cancel_reservation),
+                          validate=schemas.args_checker("evse_manager", "cancel_reservation"))
         b.provide_command(i, "stop_transaction",
                           self._cmd("stop_transaction", self._h_stop_transaction),
-                          validate=_validate_stop_transaction)
+                          validate=schemas.args_checker("evse_manager", "stop_transaction"))
         b.provide_command(i, "enable_disable",
                           self._cmd("enable_disable", self._h_enable_disable))
         s = self.sim_impl_id
@@ -596,45 +601,3 @@ class EvseManagerSim:
         self._changed.notify_all()
         self.bus.publish_var(self.impl_id, "session_event", wire)
         return wire
-
-
-# ---------------------------------------------------------------------- argument checks
-
-
-def _validate_authorize_response(args: dict[str, Any]) -> str | None:
-    if not isinstance(args, dict):
-        return "args must be an object"
-    for key in ("provided_token", "validation_result"):
-        if key not in args:
-            return f"missing argument {key!r}"
-    try:
-        ProvidedIdToken.model_validate(args["provided_token"])
-        ValidationResult.model_validate(args["validation_result"])
-    except ValidationError as exc:
-        return _first_error(exc)
-    return None
-
-
-def _validate_reserve(args: dict[str, Any]) -> str | None:
-    if not isinstance(args, dict) or "reservation_id" not in args:
-        return "missing argument 'reservation_id'"
-    rid = args["reservation_id"]
-    if isinstance(rid, bool) or not isinstance(rid, int):
-        return "reservation_id must be an integer"
-    return None
-
-
-def _validate_stop_transaction(args: dict[str, Any]) -> str | None:
-    if not isinstance(args, dict) or "request" not in args:
-        return "missing argument 'request'"
-    try:
-        StopTransactionRequest.model_validate(args["request"])
-    except ValidationError as exc:
-        return _first_error(exc)
-    return None
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-    return f"{loc}: {err.get('msg')}"

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
+from auth_module.logs import configure_logging
+from auth_module.station import BusConnection, PluginConnection, StationError, load_station
 from simulators.evse_manager import EvseManagerSim
 from simulators.token_provider import TokenProviderSim
 from simulators.validator import TokensFileError, ValidatorSim
@@ -49,13 +50,9 @@ __all__ = [
 log = structlog.get_logger("sim.launcher")
 
 
-class StationError(ValueError):
-    """The station file cannot be used (message: file, key, what is wrong)."""
-
-
 @dataclass
 class StationInfo:
-    """What the simulators need from a station file."""
+    """What the simulators need from a station file (:class:`StationError` is the module's)."""
 
     path: Path
     host: str = "127.0.0.1"
@@ -67,115 +64,22 @@ class StationInfo:
     evse_managers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _bus_entries(path: Path, conns: dict[str, Any], key: str) -> list[tuple[str, str]]:
-    entries = conns.get(key) or []
-    if not isinstance(entries, list):
-        raise StationError(f"{path}: connections.{key}: must be a list")
-    out = []
-    for n, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise StationError(f"{path}: connections.{key}[{n}]: must be a mapping")
-        if "plugin" in e:
-            continue
-        mid, iid = e.get("module_id"), e.get("implementation_id")
-        if not isinstance(mid, str) or not mid:
-            raise StationError(f"{path}: connections.{key}[{n}].module_id: required, a string")
-        if not isinstance(iid, str) or not iid:
-            raise StationError(
-                f"{path}: connections.{key}[{n}].implementation_id: required, a string")
-        out.append((mid, iid))
-    return out
-
-
-def _read_minimal(path: Path) -> StationInfo:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StationError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise StationError(f"{path}: bad YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise StationError(f"{path}: the top level must be a mapping")
-    mqtt = data.get("mqtt") or {}
-    if not isinstance(mqtt, dict):
-        raise StationError(f"{path}: mqtt: must be a mapping")
-    host = mqtt.get("host", "127.0.0.1")
-    port = mqtt.get("port", 1883)
-    prefix = mqtt.get("prefix", "everest/")
-    if not isinstance(host, str) or not host:
-        raise StationError(f"{path}: mqtt.host: must be a non-empty string")
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise StationError(f"{path}: mqtt.port: must be an integer 1..65535, got {port!r}")
-    if not isinstance(prefix, str):
-        raise StationError(f"{path}: mqtt.prefix: must be a string")
-    conns = data.get("connections") or {}
-    if not isinstance(conns, dict):
-        raise StationError(f"{path}: connections: must be a mapping")
-    return StationInfo(
-        path=path, host=host, port=port, prefix=prefix,
-        module_id=str(data.get("module_id", "auth")),
-        token_providers=_bus_entries(path, conns, "token_provider"),
-        token_validators=_bus_entries(path, conns, "token_validator"),
-        evse_managers=_bus_entries(path, conns, "evse_manager"),
-    )
-
-
-def _from_loaded(path: Path, st: Any) -> StationInfo:
-    """Adapt ``auth_module.station.load_station``'s result (attribute or dict access)."""
-
-    def get(obj: Any, name: str, default: Any = None) -> Any:
-        if isinstance(obj, dict):
-            return obj.get(name, default)
-        return getattr(obj, name, default)
-
-    def entries(items: Any) -> list[tuple[str, str]]:
-        out = []
-        for e in items or []:
-            if get(e, "plugin") is not None:
-                continue
-            mid, iid = get(e, "module_id"), get(e, "implementation_id")
-            if mid and iid:
-                out.append((str(mid), str(iid)))
-        return out
-
-    mqtt = get(st, "mqtt")
-    conns = get(st, "connections")
-    return StationInfo(
-        path=path,
-        host=str(get(mqtt, "host", "127.0.0.1")),
-        port=int(get(mqtt, "port", 1883)),
-        prefix=str(get(mqtt, "prefix", "everest/")),
-        module_id=str(get(st, "module_id", "auth")),
-        token_providers=entries(get(conns, "token_provider")),
-        token_validators=entries(get(conns, "token_validator")),
-        evse_managers=entries(get(conns, "evse_manager")),
-    )
+def _bus(entries: list[BusConnection | PluginConnection]) -> list[tuple[str, str]]:
+    """The bus entries (module id, implementation id); in-process plugins are skipped."""
+    return [(e.module_id, e.implementation_id) for e in entries if isinstance(e, BusConnection)]
 
 
 def read_station(path: str | os.PathLike[str]) -> StationInfo:
-    """The broker and bus connections of a station file.
-
-    Uses ``auth_module.station.load_station`` (the module's own, strict reader) when it is
-    available, else a minimal reader of the keys the simulators need.
-    """
-    p = Path(path)
-    try:
-        from auth_module.station import load_station  # type: ignore[attr-defined]
-    except ImportError:
-        return _read_minimal(p)
-    try:
-        loaded = load_station(p)
-    except Exception as exc:  # the module's own error type; one line
-        msg = str(exc).strip().splitlines()
-        raise StationError(msg[0] if msg else f"{p}: invalid station file") from None
-    try:
-        return _from_loaded(p, loaded)
-    except (AttributeError, TypeError, ValueError):
-        return _read_minimal(p)
+    """The broker and bus connections of a station file, read by the module's own reader
+    (``auth_module.station.load_station``): the same checks, the same one-line errors."""
+    station = load_station(Path(path))
+    return StationInfo(
+        path=Path(path), host=station.mqtt.host, port=station.mqtt.port,
+        prefix=station.mqtt.prefix, module_id=station.module_id,
+        token_providers=_bus(station.token_providers),
+        token_validators=_bus(station.token_validators),
+        evse_managers=_bus(station.evse_managers),
+    )
 
 
 def bus_factory(host: str, port: int, prefix: str, **kwargs: Any) -> Callable[[str], Any]:
@@ -286,11 +190,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def configure_cli_logging(level: str = "info") -> None:
-    """The project's log setup (console lines on stderr) when it is available."""
-    try:
-        from auth_module.logs import configure_logging
-    except ImportError:
-        return
+    """The project's log setup (console lines on stderr)."""
     try:
         configure_logging(level=level, fmt="console")
     except Exception:  # never let log setup stop a simulator

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 # The allow-list format is the allow_list plugin's; the simulator reads it the same way.
 from auth_module.plugins.allow_list import (
@@ -41,6 +40,7 @@ from auth_module.types import (
     ValidationResultUpdate,
     to_wire,
 )
+from auth_module.schema import InterfaceSchemas
 from auth_module.text import mask
 from simulators.evse_manager import resolve_bus
 
@@ -104,7 +104,8 @@ class ValidatorSim:
                 return self
             self._started = True
         self.bus.provide_command(self.impl_id, "validate_token", self._h_validate,
-                                 validate=_validate_args)
+                                 validate=InterfaceSchemas.load().args_checker(
+                                     "auth_token_validator", "validate_token"))
         if self._owns_bus:
             self.bus.start()
             if wait_connected and not self.bus.wait_connected(timeout=wait_connected):
@@ -177,15 +178,3 @@ class ValidatorSim:
             {"validation_result": validation_result, "connector_id": int(connector_id)}))
         self.bus.publish_var(self.impl_id, "validate_result_update", msg)
         return msg
-
-
-def _validate_args(args: Any) -> str | None:
-    if not isinstance(args, dict) or "provided_token" not in args:
-        return "missing argument 'provided_token'"
-    try:
-        ProvidedIdToken.model_validate(args["provided_token"])
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-        return f"provided_token.{loc}: {err.get('msg')}"
-    return None

@@ -207,7 +207,8 @@ def test_rejected_authorization_does_nothing(auth: Auth) -> None:
     auth.sim("plug_in")
     auth.wait_event("SessionStarted")
     auth.call("authorize_response", {"provided_token": TOKEN,
-                                     "validation_result": {"authorization_status": "Invalid"}})
+                                     "validation_result": {"authorization_status": "Invalid",
+                                                           "tariff_messages": []}})
     st = auth.sim("state")
     assert st["state"] == "plugged" and st["transaction"] is False
     assert "TransactionStarted" not in auth.drain()
