@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from ..types import (
     AuthorizationStatus,
@@ -40,8 +41,28 @@ class ConnectorEvent(StrEnum):
 
 
 S, E = ConnectorState, ConnectorEvent
-_OCCUPIED = frozenset({S.OCCUPIED, S.FAULTED_OCCUPIED})
-_NOT_USABLE = frozenset({S.UNAVAILABLE, S.FAULTED})
+
+
+class Use(NamedTuple):
+    """What a connector in one state allows; one row of :data:`CONNECTOR_STATES`."""
+
+    may_take_token: bool  # a token may be authorized through it
+    in_use: bool  # a session holds it, and with it the whole EVSE
+    disabled: bool  # switched off: the EVSE is left out of selection when all are
+
+
+#: The one source of "may this EVSE be given a token" (with :data:`_TRANSITIONS`, the
+#: machine). Only AVAILABLE may: a connector disabled, or faulted while
+#: ``ignore_connector_faults`` is false (with faults ignored, none is ever reported), never
+#: is, in any combination, on any path (issue 9: UNAVAILABLE_FAULTED once counted as usable).
+CONNECTOR_STATES: dict[ConnectorState, Use] = {
+    S.AVAILABLE: Use(may_take_token=True, in_use=False, disabled=False),
+    S.UNAVAILABLE: Use(may_take_token=False, in_use=False, disabled=True),
+    S.FAULTED: Use(may_take_token=False, in_use=False, disabled=False),
+    S.OCCUPIED: Use(may_take_token=False, in_use=True, disabled=False),
+    S.UNAVAILABLE_FAULTED: Use(may_take_token=False, in_use=False, disabled=True),
+    S.FAULTED_OCCUPIED: Use(may_take_token=False, in_use=True, disabled=False),
+}
 _TRANSITIONS = [
     (E.TRANSACTION_STARTED, S.AVAILABLE, S.OCCUPIED),
     (E.DISABLE, S.AVAILABLE, S.UNAVAILABLE),
@@ -79,7 +100,7 @@ class Connector:
         self.connector_state = _NEXT.get((self.connector_state, event), self.connector_state)
 
     def is_unavailable(self) -> bool:
-        return self.connector_state in (S.UNAVAILABLE, S.UNAVAILABLE_FAULTED)
+        return CONNECTOR_STATES[self.connector_state].disabled
 
 
 @dataclass
@@ -116,15 +137,17 @@ class EvseState:
         return next((c for c in self.connectors if c.id == connector_id), None)
 
     def is_available(self) -> bool:
-        """Free to be authorized: not timed out, not authorized, no occupied connector."""
-        if self.plug_in_timed_out or self.authorization is not None:
+        """May be given a token now: not timed out, not authorized, no session of anyone's
+        running, no connector in use, and a connector that may take a token
+        (:data:`CONNECTOR_STATES`). Every path that hands out an EVSE asks this."""
+        if self.plug_in_timed_out or self.authorization is not None or self.transaction_active:
             return False
         usable = False
         for connector in self.connectors:
-            state = connector.connector_state
-            if state in _OCCUPIED:
+            use = CONNECTOR_STATES[connector.connector_state]
+            if use.in_use:
                 return False
-            usable = usable or state not in _NOT_USABLE
+            usable = usable or use.may_take_token
         return usable
 
     def is_unavailable(self) -> bool:

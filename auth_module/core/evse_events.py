@@ -1,8 +1,10 @@
 """What happens to an EVSE: session events, faults, enable / disable, the plug-in timeout.
 
 Each report moves the EVSE's connectors through their state machine (:mod:`.evse`), lets
-the reservation desk drop what no longer fits, and, for a car plugged in, wakes the tokens
-parked for one (:meth:`.authorize.TokenJourney.wake_parked_requests`).
+the reservation desk drop what no longer fits, and, when an EVSE with a car may have become
+usable (a plug-in, a fault cleared, an EVSE enabled, a reservation ended), wakes the tokens
+parked for one (:meth:`.authorize.TokenJourney.wake_parked_requests`), which gives one only
+an EVSE that :meth:`.evse.EvseState.is_available` (the connector table) allows.
 """
 
 from __future__ import annotations
@@ -64,11 +66,13 @@ class EvseEvents:
             elif kind == SessionEventEnum.Enabled:
                 self._connector_event(evse, connector_id, ConnectorEvent.ENABLE)
                 self._desk.sync_station_wide()
+                self._journey.wake_parked_requests()  # a car may wait there
             elif kind == SessionEventEnum.Deauthorized:
                 evse.authorization = None
                 evse.cancel_timer()
             elif kind == SessionEventEnum.ReservationEnd:
                 self._desk.on_reservation_end(evse_id)
+                self._journey.wake_parked_requests()  # a car may wait there
 
     def _on_session_started(self, evse: EvseState, event: SessionEvent) -> None:
         started = event.session_started
@@ -105,6 +109,8 @@ class EvseEvents:
             for connector in evse.connectors:
                 self._connector_event(evse, connector.id, event)
             self._desk.sync_station_wide()
+            if event == ConnectorEvent.ERROR_CLEARED:
+                self._journey.wake_parked_requests()  # a car may wait there
 
     def _connector_event(self, evse: EvseState, connector_id: int, event: ConnectorEvent) -> None:
         connector = evse.connector(connector_id)
