@@ -1,9 +1,9 @@
-"""The payload types of the contract, once, as pydantic models.
+"""The payload types of the contract, as pydantic models. GENERATED: do not edit.
 
-Field names follow EVerest's ``types/authorization.yaml``, ``types/reservation.yaml`` and
-``types/evse_manager.yaml`` letter for letter, because other EVerest modules read what we
-publish. ``tests/unit/test_types_match_interfaces.py`` keeps these models and the YAML in
-``interfaces/types`` from drifting apart.
+Written by ``scripts/gen_types.py`` from ``interfaces/types/*.yaml``, the one place a field
+is written (field names follow EVerest's types letter for letter: other EVerest modules read
+what we publish). ``tests/unit/test_types_match_interfaces.py`` checks the result against
+the YAML, and ``python scripts/gen_types.py --check`` that this file is current.
 
 Models ignore unknown fields when parsing (other modules may be newer than we are) but the
 ones we forward verbatim (``ProvidedIdToken``) keep them, so a token is handed on whole.
@@ -15,30 +15,49 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .typebase import Model, PassThrough, same_token, to_wire
+
+__all__ = [
+    "AuthorizationStatus",
+    "AuthorizationType",
+    "CertificateStatus",
+    "ConnectorTypeEnum",
+    "CustomIdToken",
+    "Evse",
+    "EvseConnector",
+    "IdToken",
+    "IdTokenType",
+    "ProvidedIdToken",
+    "Reservation",
+    "ReservationCheck",
+    "ReservationCheckStatus",
+    "ReservationEndReason",
+    "ReservationResult",
+    "ReservationUpdate",
+    "ReservationUpdateStatus",
+    "SelectionAlgorithm",
+    "SessionEvent",
+    "SessionEventEnum",
+    "SessionStarted",
+    "StartSessionReason",
+    "StopTransactionReason",
+    "StopTransactionRequest",
+    "TokenValidationStatus",
+    "TokenValidationStatusMessage",
+    "TransactionFinished",
+    "TransactionStarted",
+    "ValidationResult",
+    "ValidationResultUpdate",
+    "WithdrawAuthorizationRequest",
+    "WithdrawAuthorizationResult",
+    "same_token",
+    "to_wire",
+]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class _PassThrough(BaseModel):
-    """A model that keeps fields it does not know, to forward them untouched."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
-def to_wire(model: BaseModel) -> dict[str, Any]:
-    """The JSON-ready dict of ``model`` with absent optionals left out."""
-    return model.model_dump(mode="json", exclude_none=True, by_alias=True)
-
-
-def same_token(a: str | None, b: str | None) -> bool:
-    """Token values compare case-insensitively everywhere, as EVerest does."""
-    return a is not None and b is not None and a.casefold() == b.casefold()
-
-
-# --- authorization ---------------------------------------------------------------------
+# --- authorization ------------------------------------------------------------------------
 
 
 class AuthorizationStatus(StrEnum):
@@ -103,18 +122,18 @@ class SelectionAlgorithm(StrEnum):
     FindFirst = "FindFirst"
 
 
-class CustomIdToken(_Model):
+class CustomIdToken(Model):
     value: str = Field(max_length=36)
     type: str = Field(max_length=50)
 
 
-class IdToken(_Model):
+class IdToken(Model):
     value: str = Field(max_length=36)
     type: IdTokenType
     additional_info: list[CustomIdToken] | None = None
 
 
-class ProvidedIdToken(_PassThrough):
+class ProvidedIdToken(PassThrough):
     id_token: IdToken
     authorization_type: AuthorizationType
     request_id: int | None = None
@@ -125,7 +144,7 @@ class ProvidedIdToken(_PassThrough):
     iso15118CertificateHashData: list[dict[str, Any]] | None = None
 
 
-class ValidationResult(_PassThrough):
+class ValidationResult(PassThrough):
     authorization_status: AuthorizationStatus
     tariff_messages: list[dict[str, Any]] = Field(default_factory=list)
     certificate_status: CertificateStatus | None = None
@@ -136,18 +155,18 @@ class ValidationResult(_PassThrough):
     allowed_energy_transfer_modes: list[str] | None = None
 
 
-class ValidationResultUpdate(_Model):
+class ValidationResultUpdate(Model):
     validation_result: ValidationResult
     connector_id: int
 
 
-class TokenValidationStatusMessage(_Model):
+class TokenValidationStatusMessage(Model):
     token: ProvidedIdToken
     status: TokenValidationStatus
     messages: list[dict[str, Any]] | None = None
 
 
-class WithdrawAuthorizationRequest(_Model):
+class WithdrawAuthorizationRequest(Model):
     evse_id: int | None = None
     id_token: IdToken | None = None
 
@@ -159,7 +178,7 @@ class WithdrawAuthorizationResult(StrEnum):
     Rejected = "Rejected"
 
 
-# --- evse manager ----------------------------------------------------------------------
+# --- evse manager -------------------------------------------------------------------------
 
 
 class ConnectorTypeEnum(StrEnum):
@@ -188,12 +207,12 @@ class ConnectorTypeEnum(StrEnum):
     Unknown = "Unknown"
 
 
-class EvseConnector(_Model):
+class EvseConnector(Model):
     id: int
     type: ConnectorTypeEnum | None = None
 
 
-class Evse(_Model):
+class Evse(Model):
     id: int
     connectors: list[EvseConnector]
 
@@ -224,7 +243,7 @@ class StopTransactionReason(StrEnum):
     EVSEDisabled = "EVSEDisabled"
 
 
-class StopTransactionRequest(_Model):
+class StopTransactionRequest(Model):
     reason: StopTransactionReason
     id_tag: ProvidedIdToken | None = None
 
@@ -257,26 +276,26 @@ class SessionEventEnum(StrEnum):
     SessionResumed = "SessionResumed"
 
 
-class SessionStarted(_PassThrough):
+class SessionStarted(PassThrough):
     reason: StartSessionReason
     meter_value: dict[str, Any] = Field(default_factory=lambda: {"energy_Wh_import": {"total": 0}})
     id_tag: ProvidedIdToken | None = None
     reservation_id: int | None = None
 
 
-class TransactionStarted(_PassThrough):
+class TransactionStarted(PassThrough):
     id_tag: ProvidedIdToken
     meter_value: dict[str, Any] = Field(default_factory=lambda: {"energy_Wh_import": {"total": 0}})
     reservation_id: int | None = None
 
 
-class TransactionFinished(_PassThrough):
+class TransactionFinished(PassThrough):
     meter_value: dict[str, Any] = Field(default_factory=lambda: {"energy_Wh_import": {"total": 0}})
     reason: StopTransactionReason | None = None
     id_tag: ProvidedIdToken | None = None
 
 
-class SessionEvent(_PassThrough):
+class SessionEvent(PassThrough):
     uuid: str = ""
     event: SessionEventEnum
     timestamp: str = ""
@@ -286,7 +305,7 @@ class SessionEvent(_PassThrough):
     transaction_finished: TransactionFinished | None = None
 
 
-# --- reservation -----------------------------------------------------------------------
+# --- reservation --------------------------------------------------------------------------
 
 
 class ReservationResult(StrEnum):
@@ -297,7 +316,7 @@ class ReservationResult(StrEnum):
     Unavailable = "Unavailable"
 
 
-class Reservation(_Model):
+class Reservation(Model):
     reservation_id: int
     id_token: str
     expiry_time: str
@@ -320,7 +339,7 @@ class ReservationCheckStatus(StrEnum):
     ReservedForOtherTokenAndHasParentToken = "ReservedForOtherTokenAndHasParentToken"
 
 
-class ReservationCheck(_Model):
+class ReservationCheck(Model):
     id_token: str
     evse_id: int | None = None
     group_id_token: str | None = None
@@ -334,6 +353,6 @@ class ReservationUpdate(StrEnum):
     Used = "Used"
 
 
-class ReservationUpdateStatus(_Model):
+class ReservationUpdateStatus(Model):
     reservation_id: int
     reservation_status: ReservationUpdate
