@@ -266,10 +266,6 @@ class InterfaceSchemas:
         """Error types the interface may raise, e.g. ``["evse_manager/Inoperative"]``."""
         return list(self._iface(interface).errors)
 
-    def type_schema(self, file: str, name: str) -> dict[str, Any]:
-        """The resolved JSON schema of ``/file#/name`` (do not modify it)."""
-        return self._types[file][name]
-
     # --- checking --------------------------------------------------------------------------
 
     def command_args_error(self, interface: str, cmd: str, args: Any) -> str | None:
