@@ -1,4 +1,4 @@
-"""A token's journey, as data: its outcome values and the record of one request in flight."""
+"""A token in flight: its outcomes, its life as a state machine (one table), its record."""
 
 from __future__ import annotations
 
