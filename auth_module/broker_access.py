@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from .text import show_value
+
 __all__ = [
     "AccessProblem",
     "BrokerAccess",
@@ -39,20 +41,9 @@ __all__ = [
 ]
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _path_text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"must be a file path (got {_show(value)})")
+        raise ValueError(f"must be a file path (got {show_value(value)})")
     return value.strip()
 
 
@@ -100,28 +91,28 @@ class MqttSettings(_Section):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 300:
-            raise ValueError(f"must be a number of seconds > 0 and <= 300 (got {_show(value)})")
+            raise ValueError(f"must be a number of seconds > 0 and <= 300 (got {show_value(value)})")
         return float(value)
 
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            raise ValueError(f"must be an integer between 1 and 65535 (got {_show(value)})")
+            raise ValueError(f"must be an integer between 1 and 65535 (got {show_value(value)})")
         return value
 
     @field_validator("host", mode="before")
     @classmethod
     def _host(cls, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"must be a host name or address (got {_show(value)})")
+            raise ValueError(f"must be a host name or address (got {show_value(value)})")
         return value.strip()
 
     @field_validator("prefix", mode="before")
     @classmethod
     def _prefix(cls, value: Any) -> str:
         if not isinstance(value, str) or any(c in value for c in "+#"):
-            raise ValueError(f"must be a topic prefix without '+' or '#' (got {_show(value)})")
+            raise ValueError(f"must be a topic prefix without '+' or '#' (got {show_value(value)})")
         return value
 
     @field_validator("socket_path", "password_file", mode="before")
@@ -135,7 +126,7 @@ class MqttSettings(_Section):
         if value is None:
             return None
         if not isinstance(value, str) or not value or len(value.encode()) > 65535:
-            raise ValueError(f"must be a non-empty string (got {_show(value)})")
+            raise ValueError(f"must be a non-empty string (got {show_value(value)})")
         return value
 
     @field_validator("client_id", mode="before")
@@ -145,7 +136,7 @@ class MqttSettings(_Section):
             return None
         if not isinstance(value, str) or not _CLIENT_ID.match(value):
             raise ValueError("must be 1-64 characters of letters, digits, '_', '.', ':' or '-' "
-                             f"(got {_show(value)})")
+                             f"(got {show_value(value)})")
         return value
 
     @model_validator(mode="before")

@@ -33,7 +33,8 @@ import structlog
 from transitions import Machine
 
 from auth_module.schema import InterfaceSchemas
-from auth_module.text import format_utc, mask
+from auth_module.logs import mask
+from auth_module.text import format_utc
 from auth_module.types import (
     AuthorizationStatus,
     ProvidedIdToken,

@@ -26,7 +26,7 @@ from auth_module.types import (
     ProvidedIdToken,
     to_wire,
 )
-from auth_module.text import mask
+from auth_module.logs import mask
 from simulators.evse_manager import resolve_bus
 
 __all__ = ["TokenProviderSim", "make_token", "main"]

@@ -41,7 +41,7 @@ from auth_module.types import (
     to_wire,
 )
 from auth_module.schema import InterfaceSchemas
-from auth_module.text import mask
+from auth_module.logs import mask
 from simulators.evse_manager import resolve_bus
 
 __all__ = ["ValidatorSim", "TokenEntry", "load_tokens", "parse_tokens", "TokensFileError"]
