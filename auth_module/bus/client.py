@@ -248,12 +248,12 @@ class BusClient:
         waits for nothing before its first publish) only after that publish. See
         :mod:`.netloop`. Code outside ``bus/`` uses :meth:`run_soon`.
         """
-        return self._loop.defer(work, quick)
+        return self._loop.defer(work, quick=quick)
 
     def run_soon(self, work: Callable[[], object]) -> bool:
         """The core's ``Runner`` port (:class:`auth_module.core.ports.Runner`): token work,
         which waits for nothing before its first publish, on a crew thread of its own."""
-        return self._loop.defer(work, True)
+        return self._loop.defer(work, quick=True)
 
     def publish_ready(self) -> None:
         """Announce ``P modules/<own id>/ready``."""
