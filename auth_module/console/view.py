@@ -87,6 +87,7 @@ class StationView:
         self.recent: deque[TokenRecord] = deque(maxlen=recent)
         self._by_ref: OrderedDict[str, str] = OrderedDict()  # ref -> value, bounded
         self._open: dict[str, TokenRecord] = {}  # casefolded value -> record not yet final
+        self._early: OrderedDict[str, list[AuthorizationStatus]] = OrderedDict()
         self.sessions: deque[Session] = deque(maxlen=history)
         self._running: dict[int, Session] = {}  # evse -> session with a transaction
         self._last_event: dict[int, SessionEventEnum] = {}
@@ -102,9 +103,15 @@ class StationView:
             if kind == "status":
                 self._status(ts, a, b)
             elif kind == "results":
-                record = self._open.get(a.id_token.value.casefold())
+                key = a.id_token.value.casefold()
+                verdicts = [r.authorization_status for r in b]
+                record = self._open.get(key)
                 if record is not None:
-                    record.verdicts = [r.authorization_status for r in b]
+                    record.verdicts = verdicts
+                else:  # the answers overtook the token's Processing (another thread)
+                    self._early[key] = verdicts
+                    while len(self._early) > 256:
+                        self._early.popitem(last=False)
             elif kind == "session":
                 self._session(ts, a, b)
 
@@ -118,7 +125,8 @@ class StationView:
                               None)  # e.g. TimedOut long after UsedToStart
             if record is None or status == TokenValidationStatus.Processing:
                 record = TokenRecord(secrets.token_hex(8), ts, value,
-                                     token.authorization_type.value)
+                                     token.authorization_type.value,
+                                     verdicts=self._early.pop(key, None))
                 self.recent.append(record)
                 self._by_ref[record.ref] = value
                 while len(self._by_ref) > 4 * (self.recent.maxlen or 50):

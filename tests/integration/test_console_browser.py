@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
-SWIPE_DEADLINE_S = 2.0  # the goal is within a second; the rest is margin for a busy machine
+SWIPE_DEADLINE_S = 3.0  # the goal is within a second (typically 0.2-0.4 s); margin for a busy CI
 UI_TIMEOUT_MS = 10_000
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
 

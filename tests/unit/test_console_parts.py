@@ -184,6 +184,16 @@ def test_reasons_are_in_words_a_driver_understands() -> None:
     assert r["evse"] == 2 and r["reason"] == "stopped the charge"
 
 
+def test_answers_that_overtake_the_processing_status_still_give_the_reason() -> None:
+    view = _view()
+    token = _token("EARLY_CARD_1")
+    view.apply([("results", 1.0, token, [ValidationResult(
+                    authorization_status=AuthorizationStatus.Unknown)]),
+                ("status", 1.0, token, TokenValidationStatus.Processing),
+                ("status", 1.0, token, TokenValidationStatus.Rejected)])
+    assert view.station(2.0)["recent_tokens"][0]["reason"] == "unknown card"
+
+
 def test_a_card_refused_for_a_reservation_says_so() -> None:
     view = _view(reservations=[ReservationSnap(5, 1, "OTHER_CARD", None, "2030-01-01T00:00:00Z")])
     r = _statuses(view, "LATE_CARD_1", "Processing", "Rejected")
