@@ -1,7 +1,8 @@
 """The console's server: Starlette under uvicorn, on a thread with its own event loop.
 
 Everything that touches the console's state runs on that loop. Other threads reach it only
-through the feed (whose wake-up is ``loop.call_soon_threadsafe``) and :meth:`Console.stop`.
+through the feed, which the loop polls every ``POLL_S`` (nothing on the token path wakes
+it), and :meth:`Console.stop`.
 Updates are coalesced: however many events arrive, the page gets at most one new state per
 ``PUBLISH_EVERY_S`` (plus one a second for the countdowns), each built once and shared by
 every subscriber.
@@ -33,6 +34,7 @@ log = structlog.get_logger("console")
 
 PUBLISH_EVERY_S = 0.25  # at most 4 states a second: ~0.6 ms of CPU each, off the token path
 TICK_S = 1.0
+POLL_S = 0.1  # the feed is collected this often: a swipe shows within ~0.1-0.35 s
 
 
 class ConsoleError(Exception):
@@ -110,7 +112,6 @@ class Console:
 
     def stop(self) -> None:
         loop, server = self._loop, self._server
-        self.feed.connect(None)
         if loop is not None and server is not None and not loop.is_closed():
             def close() -> None:
                 self.hub.closing = True
@@ -190,23 +191,29 @@ class Console:
             ssl_certfile=ssl_files[0] if ssl_files else None,
             ssl_keyfile=ssl_files[1] if ssl_files else None)
         self._server = server = uvicorn.Server(config)
-        def wake() -> None:
-            loop.call_soon_threadsafe(self._on_events)
-
-        self.feed.connect(wake)
         self._publish()
         ticker = loop.create_task(self._tick())
+        poller = loop.create_task(self._poll())
         startup = loop.create_task(self._mark_started(server))
         try:
             await server.serve(sockets=[sock])
         finally:
             ticker.cancel()
+            poller.cancel()
             startup.cancel()
 
     async def _mark_started(self, server: Any) -> None:
         while not server.started:
             await asyncio.sleep(0.02)
         self._started.set()
+
+    async def _poll(self) -> None:
+        """Collect the feed's events on the console's own clock (see ``feed.py`` for why the
+        token path does not wake this loop)."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            if self.feed:
+                self._on_events()
 
     async def _tick(self) -> None:
         flushed = time.monotonic()
