@@ -32,9 +32,9 @@ from pydantic import field_validator
 
 from . import pn532_frames as pf
 from .base import PluginContext
-from .loader import PluginError, register_options_model
+from .loader import register_options_model
 from .providers import ProviderOptions, ReaderProvider
-from .serial_reader import open_serial
+from .serial_reader import open_serial, require_pyserial
 
 __all__ = ["Pn532Error", "Pn532Link", "Pn532Options", "Pn532Provider", "create"]
 
@@ -209,9 +209,5 @@ class Pn532Provider(ReaderProvider):
 
 def create(options: dict[str, Any], context: PluginContext) -> Pn532Provider:
     parsed = Pn532Options.model_validate(options)
-    try:
-        import serial  # noqa: F401
-    except ImportError:
-        raise PluginError("the pn532 plugin needs pyserial: pip install "
-                          "'auth-module[serial]'") from None
+    require_pyserial("pn532")
     return Pn532Provider(parsed)

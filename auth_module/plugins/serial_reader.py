@@ -190,11 +190,16 @@ def open_serial(port: str, baudrate: int, timeout_s: float) -> Any:
         raise OSError(f"cannot open {port}: {reason}") from None
 
 
-def create(options: dict[str, Any], context: PluginContext) -> SerialProvider:
-    parsed = SerialOptions.model_validate(options)
+def require_pyserial(plugin: str) -> None:
+    """Fail at start, in one line, when a serial-port plugin is configured without pyserial."""
     try:
         import serial  # noqa: F401
     except ImportError:
-        raise PluginError("the serial plugin needs pyserial: pip install "
+        raise PluginError(f"the {plugin} plugin needs pyserial: pip install "
                           "'auth-module[serial]'") from None
+
+
+def create(options: dict[str, Any], context: PluginContext) -> SerialProvider:
+    parsed = SerialOptions.model_validate(options)
+    require_pyserial("serial")
     return SerialProvider(parsed)
