@@ -42,3 +42,14 @@ def test_token_latency_bench_runs_with_the_console_and_a_subscriber() -> None:
     assert r["console"]["sse_events"] >= 1
     assert r["unexpected_status_sequences"] == 0 and r["token_ms"]["n"] == 40
     assert r["module_rss_mb"] is None or r["module_rss_mb"] > 0
+
+
+def test_station_load_bench_runs_and_every_token_is_answered() -> None:
+    r = run_bench("bench.station_load", "--evses", "10", "--rate", "50", "--seconds", "1",
+                  "--warmup", "10")
+    assert r["evses"] == 10 and r["tokens_sent"] == 60 and r["tokens_measured"] == 50
+    assert r["tokens_without_authorize_response"] == 0 and r["misrouted"] == 0
+    assert r["authorize_statuses"] == {"Accepted": 60}
+    assert r["status_sequences"] == {"Processing,Accepted,UsedToStart": 60}
+    assert r["evse_commands"]["get_evse"] == 10 and r["validator_calls"] == 60
+    assert r["token_ms"]["n"] == 50 and r["targets"]["tokens_without_authorize_response"]["pass"]
