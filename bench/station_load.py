@@ -386,6 +386,9 @@ def run(evses: int, rate: float, seconds: float, warmup: int, progress: bool,
                 evse_id = k % evses + 1
                 msg = make_token(value, connectors=[evse_id])
                 bodies.append((value, evse_id, msg, encode(var_envelope(msg))))
+            # psutil's first calls (import, /proc walk) take tens of ms: made here, not in
+            # the schedule, where they once delayed the publishing thread and bunched tokens
+            _cpu_s(proc.pid), _cpu_snapshot()
             cpu_before: float | None = None
             snap_before: tuple[float, float] | None = None
             t_measure = 0.0
