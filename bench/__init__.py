@@ -12,6 +12,7 @@ holds small helpers the two benchmarks share; it changes nothing in ``auth_modul
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import math
@@ -90,3 +91,19 @@ def stop_module(proc: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def run_and_report(name: str, run: Callable[[], dict[str, Any]], as_json: bool,
+                   report: Callable[[dict[str, Any]], str]) -> int:
+    """A bench's ending, the same for every bench: its result as text or JSON, exit 0 when
+    it passed, 1 when a target was missed, 2 (one line per note on stderr) when the bench
+    itself could not run."""
+    try:
+        result = run()
+    except Exception as exc:
+        print(f"{name}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):
+            print(f"{name}: {note}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if as_json else report(result))
+    return 0 if result["pass"] else 1

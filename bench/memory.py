@@ -27,7 +27,6 @@ itself could not run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -43,7 +42,7 @@ import psutil
 import yaml
 
 from auth_module.bus import BusClient
-from bench import AUTH_MODULE, PROJECT_ROOT, quiet_logging, source_fingerprint, stop_module, wait_until
+from bench import AUTH_MODULE, PROJECT_ROOT, quiet_logging, source_fingerprint, stop_module, wait_until, run_and_report
 from simulators.broker import Mosquitto
 from simulators.launcher import start_station
 
@@ -257,16 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cycles < 1:
         p.error("--cycles must be >= 1")
     quiet_logging()
-    try:
-        result = run(args.cycles, args.settle,
-                     shlex.split(args.module_command) if args.module_command else None)
-    except Exception as exc:
-        print(f"bench.memory: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        for note in getattr(exc, "__notes__", ()):
-            print(f"bench.memory: {note}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else report(result))
-    return 0 if result["pass"] else 1
+    command = shlex.split(args.module_command) if args.module_command else None
+    return run_and_report("bench.memory", lambda: run(args.cycles, args.settle, command),
+                          args.json, report)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ from auth_module.bus.envelopes import (
     var_envelope,
     var_topic,
 )
-from bench import AUTH_MODULE, quiet_logging, source_fingerprint, stop_module, summary_ms
+from bench import AUTH_MODULE, quiet_logging, source_fingerprint, stop_module, summary_ms, run_and_report
 from bench.token_latency import (
     MODULE_ID,
     PREFIX,
@@ -613,18 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.evses < 1 or args.rate <= 0 or args.seconds <= 0 or args.warmup < 0:
         p.error("--evses must be >= 1, --rate and --seconds > 0, --warmup >= 0")
     quiet_logging()
-    try:
-        result = run(args.evses, args.rate, args.seconds, args.warmup, progress=not args.json,
-                     module_command=shlex.split(args.module_command) if args.module_command
-                     else None, log_level=args.log_level,
-                     status_listener=not args.no_status_listener, samples_path=args.samples)
-    except Exception as exc:
-        print(f"bench.station_load: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        for note in getattr(exc, "__notes__", ()):
-            print(f"bench.station_load: {note}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else report(result))
-    return 0 if result["pass"] else 1
+    command = shlex.split(args.module_command) if args.module_command else None
+
+    def measure() -> dict[str, Any]:
+        return run(args.evses, args.rate, args.seconds, args.warmup, progress=not args.json,
+                   module_command=command, log_level=args.log_level,
+                   status_listener=not args.no_status_listener, samples_path=args.samples)
+
+    return run_and_report("bench.station_load", measure, args.json, report)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ from auth_module.bus.envelopes import (
     var_envelope,
     var_topic,
 )
-from bench import AUTH_MODULE, quiet_logging, source_fingerprint, stop_module, summary_ms
+from bench import AUTH_MODULE, quiet_logging, source_fingerprint, stop_module, summary_ms, run_and_report
 from simulators.broker import Mosquitto
 from simulators.token_provider import make_token
 
@@ -763,19 +763,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokens < 1 or args.warmup < 0:
         p.error("--tokens must be >= 1 and --warmup >= 0")
     quiet_logging()
-    try:
-        result = run(args.tokens, args.warmup, progress=not args.json,
-                     module_command=shlex.split(args.module_command) if args.module_command
-                     else None, samples_path=args.samples, log_level=args.log_level,
-                     status_listener=args.status_listener,
-                     persistent_session=args.persistent_session, console=args.console)
-    except Exception as exc:
-        print(f"bench.token_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        for note in getattr(exc, "__notes__", ()):
-            print(f"bench.token_latency: {note}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else report(result))
-    return 0 if result["pass"] else 1
+    command = shlex.split(args.module_command) if args.module_command else None
+
+    def measure() -> dict[str, Any]:
+        return run(args.tokens, args.warmup, progress=not args.json, module_command=command,
+                   samples_path=args.samples, log_level=args.log_level,
+                   status_listener=args.status_listener,
+                   persistent_session=args.persistent_session, console=args.console)
+
+    return run_and_report("bench.token_latency", measure, args.json, report)
 
 
 if __name__ == "__main__":
